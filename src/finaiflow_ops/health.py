@@ -1,0 +1,109 @@
+"""Waiting for health, always against a deadline: Docker health status and HTTP probes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+
+from finaiflow_ops.errors import HealthTimeout
+
+if TYPE_CHECKING:
+    from finaiflow_ops.stack import ContainerInfo, Stack
+
+__all__ = ["Probe", "probe", "wait_healthy", "wait_http"]
+
+Progress = Callable[[str], None]
+_CRASH_LOOP_RESTARTS = 2
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One HTTP request's outcome: the status code, or the error that prevented one."""
+
+    url: str
+    status: int | None
+    elapsed_ms: float
+    error: str = ""
+    body: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def probe(url: str, *, timeout: float = 5.0, verify: bool | str = False, host: str | None = None) -> Probe:
+    """GET `url` once. `verify=False` by default: the development certificate is self-signed."""
+    headers = {"Host": host} if host else {}
+    start = time.monotonic()
+    try:
+        with httpx.Client(verify=verify, timeout=timeout, follow_redirects=False) as client:
+            r = client.get(url, headers=headers)
+        return Probe(url, r.status_code, (time.monotonic() - start) * 1000, body=r.text[:2000])
+    except httpx.HTTPError as exc:
+        return Probe(url, None, (time.monotonic() - start) * 1000, error=f"{type(exc).__name__}: {exc}")
+
+
+def wait_http(url: str, *, timeout: float = 60.0, interval: float = 0.5, verify: bool | str = False) -> Probe:
+    """Probe `url` until it answers 200, or raise HealthTimeout with the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = probe(url, timeout=min(5.0, timeout), verify=verify)
+        if last.ok:
+            return last
+        if time.monotonic() >= deadline:
+            seen = f"HTTP {last.status}" if last.status else last.error
+            raise HealthTimeout(f"{url} did not answer 200 within {timeout:.0f} s (last: {seen})")
+        time.sleep(interval)
+
+
+def wait_healthy(
+    stack: Stack,
+    *,
+    services: Sequence[str] | None = None,
+    timeout: float = 180.0,
+    interval: float = 1.0,
+    progress: Progress | None = None,
+) -> list[ContainerInfo]:
+    """Wait until every container of `services` (default: all) runs and is healthy.
+
+    Fails early, with the container's last log lines, when one exits or restarts in a loop.
+    """
+    wanted = list(services) if services else stack.services()
+    deadline = time.monotonic() + timeout
+    said: dict[str, str] = {}
+    while True:
+        containers = [c for c in stack.containers() if c.service in wanted]
+        missing = sorted(set(wanted) - {c.service for c in containers})
+        for c in containers:
+            line = f"{c.service}: {c.state}" + (f" ({c.health})" if c.health != "none" else "")
+            if progress and said.get(c.name) != line:
+                progress(f"{c.name}: {c.state}" + (f", {c.health}" if c.health != "none" else ""))
+            said[c.name] = line
+            _fail_if_crashed(stack, c)
+        if not missing and all(c.ready for c in containers):
+            return containers
+        if time.monotonic() >= deadline:
+            waiting = [f"{c.name} ({c.state}, {c.health})" for c in containers if not c.ready]
+            waiting += [f"{s} (no container)" for s in missing]
+            raise HealthTimeout(
+                f"not healthy after {timeout:.0f} s: {', '.join(waiting)}",
+                hint="see `finaiflow-ops logs SERVICE` for why",
+            )
+        time.sleep(interval)
+
+
+def _fail_if_crashed(stack: Stack, c: ContainerInfo) -> None:
+    crashed = c.state in ("exited", "dead", "restarting") or (
+        c.restarts >= _CRASH_LOOP_RESTARTS and not c.ready
+    )
+    if crashed:
+        tail = stack.logs(c.id, tail=15).strip().splitlines()
+        last = f": {tail[-1]}" if tail else ""
+        raise HealthTimeout(
+            f"{c.name} {c.state} (restarted {c.restarts}x) instead of becoming healthy{last}",
+            hint=f"see `finaiflow-ops logs {c.service}` for the whole log",
+        )

@@ -1,0 +1,305 @@
+"""The compose project on a target: its files, services, containers and compose calls.
+
+Compose stays the owner of every container (labels, names, `docker compose ps`); this module
+reads containers through the Docker engine and changes them through the compose CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from finaiflow_ops import envfile
+from finaiflow_ops.errors import CommandFailed, EnvFileError, UsageError
+from finaiflow_ops.target import CommandResult, Target
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
+
+__all__ = ["ContainerInfo", "ServiceStatus", "Stack", "StackStatus"]
+
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+DEFAULT_PROJECT = "finaiflow"
+_PROJECT_LABEL = "com.docker.compose.project"
+_SERVICE_LABEL = "com.docker.compose.service"
+_ONEOFF_LABEL = "com.docker.compose.oneoff"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container of the stack, as the engine reports it."""
+
+    name: str
+    id: str
+    service: str
+    image: str
+    image_id: str
+    state: str  # created, running, restarting, exited, ...
+    health: str  # healthy, unhealthy, starting, or "none" when the image has no healthcheck
+    ports: tuple[str, ...]  # "127.0.0.1:443->443/tcp"
+    restarts: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running" and self.health in ("healthy", "none")
+
+    @classmethod
+    def from_container(cls, c: Container) -> ContainerInfo:
+        attrs = c.attrs
+        state = attrs["State"]
+        ports = []
+        for port, bindings in sorted((attrs["NetworkSettings"].get("Ports") or {}).items()):
+            for b in bindings or ():
+                ports.append(f"{b['HostIp'] or '0.0.0.0'}:{b['HostPort']}->{port}")  # noqa: S104
+        return cls(
+            name=c.name or "",
+            id=c.id[:12] if c.id else "",
+            service=c.labels.get(_SERVICE_LABEL, ""),
+            image=attrs["Config"]["Image"],
+            image_id=attrs["Image"],
+            state=state["Status"],
+            health=(state.get("Health") or {}).get("Status", "none"),
+            ports=tuple(ports),
+            restarts=attrs.get("RestartCount", 0),
+        )
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    containers: tuple[ContainerInfo, ...]
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.containers) and all(c.ready for c in self.containers)
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """What `stack status` reports: every service with its containers, and the published URLs."""
+
+    target: str
+    project: str
+    project_dir: str
+    services: tuple[ServiceStatus, ...]
+    urls: tuple[str, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.services) and all(s.healthy for s in self.services)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A compose project (directory, compose file, .env) on a target."""
+
+    target: Target
+    project_dir: str
+    compose_file: str | None = None  # default: the first of COMPOSE_FILES present
+    env_file: str | None = None  # default: PROJECT_DIR/.env
+
+    # -- files ----------------------------------------------------------------------------------
+
+    @cached_property
+    def compose_path(self) -> str:
+        if self.compose_file:
+            path = posixpath.join(self.project_dir, self.compose_file)
+            if not self.target.exists(path):
+                raise UsageError(f"no compose file at {path} on {self.target}", hint="check --project-dir")
+            return path
+        for name in COMPOSE_FILES:
+            path = posixpath.join(self.project_dir, name)
+            if self.target.exists(path):
+                return path
+        raise UsageError(
+            f"no compose file ({COMPOSE_FILES[0]}) in {self.project_dir} on {self.target}",
+            hint="point --project-dir at the stack directory (the reference stack is stack/ in the repo)",
+        )
+
+    @property
+    def env_path(self) -> str:
+        return self.env_file or posixpath.join(self.project_dir, ".env")
+
+    @cached_property
+    def env(self) -> dict[str, str]:
+        """The stack's .env, read from the target (values are secrets: never print them)."""
+        if not self.target.exists(self.env_path):
+            raise EnvFileError(
+                f"no .env at {self.env_path} on {self.target}",
+                hint=f"create one with: finaiflow-ops --project-dir {self.project_dir} env generate",
+            )
+        return envfile.parse(self.target.read_text(self.env_path))
+
+    @property
+    def project(self) -> str:
+        return self.env.get("COMPOSE_PROJECT_NAME") or DEFAULT_PROJECT
+
+    # -- compose CLI ----------------------------------------------------------------------------
+
+    def compose(self, *args: str, check: bool = True, timeout: float | None = None) -> CommandResult:
+        """Run `docker compose` for this project on the target."""
+        argv = (
+            "docker", "compose", "--project-directory", self.project_dir, "-f", self.compose_path,
+            "--env-file", self.env_path, "-p", self.project, *args,
+        )  # fmt: skip
+        try:
+            return self.target.run(*argv, check=check, timeout=timeout)
+        except CommandFailed as exc:
+            detail = envfile.redact(exc.output_tail, self.env).strip().splitlines()
+            raise CommandFailed(
+                f"docker compose {args[0] if args else ''} failed on {self.target}"
+                + (f": {detail[-1]}" if detail else ""),
+                argv=argv,
+                exit_status=exc.exit_status,
+                output_tail=envfile.redact(exc.output_tail, self.env),
+            ) from None
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The compose file as compose resolves it with this .env (contains secrets: never print)."""
+        parsed: dict[str, Any] = json.loads(self.compose("config", "--format", "json").stdout)
+        return parsed
+
+    def services(self) -> list[str]:
+        """The services the compose file defines."""
+        return list(self.config.get("services", {}))
+
+    def images(self) -> dict[str, str]:
+        """Service -> image reference."""
+        return {name: svc.get("image", "") for name, svc in self.config.get("services", {}).items()}
+
+    def dependencies(self, service: str) -> list[str]:
+        """The services `service` depends on."""
+        return sorted((self.config["services"].get(service, {}).get("depends_on") or {}).keys())
+
+    # -- containers -----------------------------------------------------------------------------
+
+    def containers(self, service: str | None = None, *, all: bool = True) -> list[ContainerInfo]:
+        """The project's containers (one-off `compose run` containers excluded), by service and name."""
+        labels = [f"{_PROJECT_LABEL}={self.project}", f"{_ONEOFF_LABEL}=False"]
+        if service:
+            labels.append(f"{_SERVICE_LABEL}={service}")
+        found = self.target.docker().containers.list(all=all, filters={"label": labels})
+        return sorted((ContainerInfo.from_container(c) for c in found), key=lambda c: (c.service, c.name))
+
+    def container(self, service: str) -> Container:
+        """A running container of `service` (the first by name)."""
+        running = [c for c in self.containers(service, all=False) if c.state == "running"]
+        if not running:
+            raise UsageError(f"service {service} has no running container on {self.target}",
+                             hint="start the stack: finaiflow-ops stack up")
+        return self.target.docker().containers.get(running[0].id)
+
+    def exec(self, service: str, argv: Sequence[str], *, user: str = "", check: bool = True) -> CommandResult:
+        """Run a command inside a running container of `service`."""
+        code, (out, err) = self.container(service).exec_run(list(argv), user=user, demux=True)
+        result = CommandResult(tuple(argv), code or 0, (out or b"").decode(errors="replace"),
+                               (err or b"").decode(errors="replace"))
+        if check and not result.ok:
+            raise CommandFailed(
+                f"`{' '.join(argv[:3])}` failed in {service} (exit {result.exit_status})",
+                argv=argv, exit_status=result.exit_status,
+                output_tail=envfile.redact(result.stderr or result.stdout, self.env),
+            )
+        return result
+
+    def logs(self, container_id: str, *, tail: int = 30) -> str:
+        raw: Any = self.target.docker().containers.get(container_id).logs(tail=tail, timestamps=False)
+        return envfile.redact(raw.decode(errors="replace"), self.env)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def status(self) -> StackStatus:
+        by_service: dict[str, list[ContainerInfo]] = {name: [] for name in self.services()}
+        for c in self.containers():
+            by_service.setdefault(c.service, []).append(c)
+        services = tuple(ServiceStatus(name, tuple(cs)) for name, cs in by_service.items())
+        return StackStatus(
+            target=str(self.target),
+            project=self.project,
+            project_dir=self.project_dir,
+            services=services,
+            urls=tuple(self.urls(services)),
+        )
+
+    def urls(self, services: Iterable[ServiceStatus]) -> list[str]:
+        """Published HTTP(S) URLs, from the port bindings of running containers."""
+        urls = []
+        for svc in services:
+            for c in svc.containers:
+                if c.state != "running":
+                    continue
+                for binding in c.ports:
+                    host_part, _, container_port = binding.partition("->")
+                    ip, _, port = host_part.rpartition(":")
+                    scheme = {"443/tcp": "https", "80/tcp": "http", "9090/tcp": "http"}.get(container_port)
+                    if scheme:
+                        host = self.target.address if ip in ("0.0.0.0", "::") else ip  # noqa: S104
+                        default = {"https": "443", "http": "80"}[scheme]
+                        urls.append(f"{scheme}://{host}{'' if port == default else ':' + port}/")
+        return sorted(set(urls))
+
+    def base_url(self) -> str:
+        """The HTTPS URL nginx serves the application at."""
+        for url in self.status().urls:
+            if url.startswith("https://"):
+                return url.rstrip("/")
+        raise UsageError(f"nginx publishes no HTTPS port on {self.target}", hint="start the stack first")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def missing_images(self) -> dict[str, str]:
+        """Service -> image for the images the engine does not have (nothing is ever pulled)."""
+        import docker.errors
+
+        missing = {}
+        for service, image in self.images().items():
+            try:
+                self.target.docker().images.get(image)
+            except docker.errors.ImageNotFound:
+                missing[service] = image
+        return missing
+
+    def up(
+        self,
+        *,
+        migrate_service: str = "api",
+        migrate: Sequence[str] = ("alembic", "upgrade", "head"),
+        timeout: float = 300.0,
+        progress: Progress | None = None,
+    ) -> StackStatus:
+        """Start the stack and wait until every service is healthy.
+
+        The migration service's dependencies start first, then its migrations run in a one-off
+        container (never at application start: replicas would race), then everything else.
+        """
+        from finaiflow_ops import health
+
+        say = progress or (lambda _msg: None)
+        missing = self.missing_images()
+        if missing:
+            listed = ", ".join(f"{img} ({svc})" for svc, img in sorted(missing.items()))
+            raise UsageError(f"images missing on {self.target}: {listed}",
+                             hint="build them (on this machine: sudo scripts/provision)")
+        deps = self.dependencies(migrate_service)
+        if deps:
+            say(f"starting {', '.join(deps)}")
+            self.compose("up", "--detach", "--no-build", "--pull", "never", *deps)
+            health.wait_healthy(self, services=deps, timeout=timeout, progress=say)
+        if migrate:
+            say(f"running migrations ({' '.join(migrate)})")
+            self.compose("run", "--rm", "--no-deps", "-T", migrate_service, *migrate)
+        say("starting all services")
+        self.compose("up", "--detach", "--no-build", "--pull", "never", "--remove-orphans")
+        health.wait_healthy(self, timeout=timeout, progress=say)
+        return self.status()
+
+    def down(self, *, volumes: bool = False) -> None:
+        """Stop and remove the stack's containers and network; `volumes` also deletes its data."""
+        self.compose("down", "--remove-orphans", *(["--volumes"] if volumes else []))
