@@ -15,8 +15,9 @@ from rich.console import Console
 
 __all__ = ["err", "jsonable", "out", "print_json"]
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output is read by people too (CI logs): wide enough that tables do not truncate names.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 
 def jsonable(value: Any) -> Any:

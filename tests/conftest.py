@@ -1,0 +1,66 @@
+"""Fixtures shared by the integration and acceptance tests: the target and its reference stack.
+
+The stack is brought up once per test session when none exists, and then removed at the end,
+volumes included. An existing stack (a developer's, or the one `nox -s acceptance` brought up)
+is tested as it is and left running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from finaiflow_ops import envfile
+from finaiflow_ops.stack import Stack
+from finaiflow_ops.target import Target
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("finaiflow", "FinaiFlow target")
+    group.addoption("--target", default="local://", help="local://, ssh://user@host[:port]")
+    group.addoption("--project-dir", default=str(REPO / "stack"), help="the stack directory on the target")
+    group.addoption("--base-url", default=None, help="the HTTPS base URL (default: what nginx publishes)")
+    group.addoption("--allow-destructive", action="store_true",
+                    help="run scenarios that change the target on a remote target too")
+
+
+@pytest.fixture(scope="session")
+def target(request: pytest.FixtureRequest) -> Target:
+    return Target.parse(request.config.getoption("--target"))
+
+
+def ensure_local_env(project_dir: Path) -> None:
+    """A local staging .env, generated once; rate limits high enough for load from one address."""
+    path = project_dir / ".env"
+    if not path.exists():
+        values = envfile.generate()
+        values |= {"RATE_LIMIT_RPS": "2000", "RATE_LIMIT_BURST": "4000"}
+        envfile.write(path, values)
+
+
+@pytest.fixture(scope="session")
+def stack(request: pytest.FixtureRequest, target: Target) -> Iterator[Stack]:
+    project_dir = request.config.getoption("--project-dir")
+    if target.is_local:
+        ensure_local_env(Path(project_dir))
+    st = Stack(target, project_dir)
+    # Only a stack that does not exist is started (and removed afterwards). One that exists is
+    # tested as it is, never repaired: a checklist that fixes what it checks proves nothing.
+    started = not st.containers()
+    if started:
+        if not target.is_local:
+            pytest.fail(f"no stack on {target}; bring it up first (finaiflow-ops stack up)")
+        st.up(timeout=300)
+    yield st
+    if started:
+        Stack(target, project_dir).down(volumes=True)
+
+
+@pytest.fixture(scope="session")
+def base_url(request: pytest.FixtureRequest, stack: Stack) -> str:
+    url: str | None = request.config.getoption("--base-url")
+    return url.rstrip("/") if url else stack.base_url()
