@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -11,6 +15,7 @@ nox.options.reuse_venv = "yes"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 STACK_DIR = "stack"
+LOCAL_RATE_LIMIT = 2000  # one client address (Docker's port proxy) carries all local load
 
 
 def install(session: nox.Session, *groups: str) -> None:
@@ -35,8 +40,21 @@ def unit(session: nox.Session) -> None:
 def acceptance(session: nox.Session) -> None:
     """The deployment checklist against a target (default: the reference stack here, brought up)."""
     install(session, "acceptance")
-    session.run("pytest", "tests/acceptance", "--junitxml=reports/acceptance.xml", "-p", "no:cacheprovider",
-                *session.posargs)
+    if not any(arg.startswith("--target") for arg in session.posargs):
+        bring_up_local_stack(session)
+    session.run("pytest", "tests/acceptance", "--junitxml=reports/acceptance.xml", *session.posargs)
+
+
+def bring_up_local_stack(session: nox.Session) -> None:
+    """Start the local reference stack when none exists; an existing one is checked as it is."""
+    ops = ("finaiflow-ops", "--project-dir", STACK_DIR)
+    if not Path(STACK_DIR, ".env").exists():
+        session.run(*ops, "env", "generate", "--rate-limit", str(LOCAL_RATE_LIMIT))
+    status = session.run(*ops, "--json", "stack", "status", silent=True, success_codes=[0, 1],
+                         stderr=subprocess.DEVNULL)
+    services = json.loads(status)["services"] if isinstance(status, str) and status.strip() else []
+    if not any(svc["containers"] for svc in services):
+        session.run(*ops, "stack", "up")
 
 
 @nox.session(default=False)

@@ -17,6 +17,7 @@ from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
 
 REPO = Path(__file__).resolve().parent.parent
+LOCAL_RATE_LIMIT = 2000  # keep in step with noxfile.py
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,12 +35,10 @@ def target(request: pytest.FixtureRequest) -> Target:
 
 
 def ensure_local_env(project_dir: Path) -> None:
-    """A local staging .env, generated once; rate limits high enough for load from one address."""
+    """A local staging .env, generated once; a rate limit high enough for load from one address."""
     path = project_dir / ".env"
     if not path.exists():
-        values = envfile.generate()
-        values |= {"RATE_LIMIT_RPS": "2000", "RATE_LIMIT_BURST": "4000"}
-        envfile.write(path, values)
+        envfile.write(path, envfile.generate(rate_limit_rps=LOCAL_RATE_LIMIT))
 
 
 @pytest.fixture(scope="session")

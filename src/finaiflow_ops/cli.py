@@ -6,7 +6,6 @@ Docker engine could not be reached. The last line on stderr says what is wrong a
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -150,10 +149,12 @@ def env() -> None:
 @click.option("--http-port", default=80, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--https-port", default=443, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--api-image", default="finaiflow/api:1.0.0", show_default=True)
+@click.option("--rate-limit", default=20, show_default=True, type=click.IntRange(1),
+              help="nginx requests per second per client address (a local staging stack wants more).")
 @click.option("--force", is_flag=True, help="Replace an existing .env (its secrets are lost).")
 @pass_options
 def env_generate(opts: Options, domain: str, extra_hosts: tuple[str, ...], bind: str, http_port: int,
-                 https_port: int, api_image: str, force: bool) -> None:
+                 https_port: int, api_image: str, rate_limit: int, force: bool) -> None:
     """Write a new .env with strong generated secrets (mode 0600); never prints them."""
     if not opts.target.is_local:
         raise UsageError("env generate writes a local file",
@@ -162,7 +163,7 @@ def env_generate(opts: Options, domain: str, extra_hosts: tuple[str, ...], bind:
     if force and path.exists():
         opts.confirm(f"replace {path} (the database and Redis passwords in it are lost)?")
     values = envfile.generate(domain=domain, extra_hosts=extra_hosts, bind=bind, http_port=http_port,
-                              https_port=https_port, api_image=api_image)
+                              https_port=https_port, api_image=api_image, rate_limit_rps=rate_limit)
     written = envfile.write(path, values, force=force)
     if opts.json:
         print_json({"path": str(written), "keys": sorted(values)})
@@ -174,7 +175,7 @@ def env_generate(opts: Options, domain: str, extra_hosts: tuple[str, ...], bind:
 @pass_options
 def env_check(opts: Options) -> None:
     """Validate the .env for production; names each failing key, never its value."""
-    path = opts.env_file or os.path.join(opts.project_dir, ".env")
+    path = opts.env_file or str(Path(opts.project_dir) / ".env")
     if not opts.target.is_local:
         raise UsageError("env check reads a local file", hint="run it on the host that has the .env")
     findings = envfile.check(envfile.load(Path(path)))

@@ -57,7 +57,8 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("database", ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "DATABASE_URL")),
     ("cache", ("REDIS_PASSWORD", "REDIS_URL")),
     ("domain", ("DOMAIN", "ALLOWED_HOSTS", "CORS_ORIGINS")),
-    ("stack", ("NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "API_IMAGE", "COMPOSE_PROJECT_NAME")),
+    ("stack", ("NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "API_IMAGE",
+               "COMPOSE_PROJECT_NAME")),
 )
 
 _HEADER = (
@@ -350,8 +351,13 @@ def generate(
     http_port: int = 80,
     https_port: int = 443,
     api_image: str = "finaiflow/api:1.0.0",
+    rate_limit_rps: int = 20,
 ) -> dict[str, str]:
-    """Fresh values for the stack's .env, with newly drawn secrets (what setup.sh did)."""
+    """Fresh values for the stack's .env, with newly drawn secrets (what setup.sh did).
+
+    `rate_limit_rps` is nginx's per-client request rate (burst: twice as many). A local staging
+    stack sees every client at one address (Docker's port proxy), so it wants a high one.
+    """
     if isinstance(extra_hosts, str):
         # A str is a Sequence[str]; iterating it would add one "host" per character.
         raise TypeError("extra_hosts must be a sequence of host names, not a str")
@@ -372,6 +378,8 @@ def generate(
             raise UsageError(f"invalid {name} {port!r}", hint="use a port between 1 and 65535")
     if http_port == https_port:
         raise UsageError("http_port and https_port must differ")
+    if isinstance(rate_limit_rps, bool) or rate_limit_rps < 1:
+        raise UsageError(f"invalid rate limit {rate_limit_rps!r}", hint="give requests per second, >= 1")
     if not _IMAGE_RE.fullmatch(api_image):
         raise UsageError(f"invalid api image {api_image!r}", hint="e.g. finaiflow/api:1.0.0")
 
@@ -394,6 +402,8 @@ def generate(
         "NGINX_BIND": bind,
         "HTTP_PORT": str(http_port),
         "HTTPS_PORT": str(https_port),
+        "RATE_LIMIT_RPS": str(rate_limit_rps),
+        "RATE_LIMIT_BURST": str(2 * rate_limit_rps),
         "API_IMAGE": api_image,
         "COMPOSE_PROJECT_NAME": COMPOSE_PROJECT_NAME,
     }

@@ -11,7 +11,7 @@ import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from finaiflow_ops import envfile
 from finaiflow_ops.errors import CommandFailed, EnvFileError, UsageError
@@ -198,7 +198,8 @@ class Stack:
 
     def exec(self, service: str, argv: Sequence[str], *, user: str = "", check: bool = True) -> CommandResult:
         """Run a command inside a running container of `service`."""
-        code, (out, err) = self.container(service).exec_run(list(argv), user=user, demux=True)
+        code, streams = self.container(service).exec_run(list(argv), user=user, demux=True)
+        out, err = cast("tuple[bytes | None, bytes | None]", streams)
         result = CommandResult(tuple(argv), code or 0, (out or b"").decode(errors="replace"),
                                (err or b"").decode(errors="replace"))
         if check and not result.ok:

@@ -124,7 +124,8 @@ class Target:
                     hint="check the host, port and that your SSH key is accepted (ssh -o BatchMode=yes)",
                 ) from None
             result = CommandResult(tuple(argv), out.rc, out.stdout, out.stderr)
-            if self.kind == "docker" and ("No such container" in result.stderr or "is not running" in result.stderr):
+            gone = ("No such container", "is not running")
+            if self.kind == "docker" and any(g in result.stderr for g in gone):
                 raise TargetUnreachable(f"cannot reach {self.url}: {result.stderr.strip().splitlines()[0]}",
                                         hint="start the container, or check its name with `docker ps`")
         if check and not result.ok:

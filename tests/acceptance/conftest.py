@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,6 +17,7 @@ import pytest
 from pytest_bdd import given, parsers, then, when
 
 from finaiflow_ops.stack import Stack
+
 
 @dataclass(frozen=True)
 class Staging:
@@ -69,7 +70,8 @@ def health_part(staging: Staging, response: httpx.Response, part: str, state: st
 @then(parsers.parse('I am redirected to "{path}" over HTTPS'))
 def redirected(staging: Staging, response: httpx.Response, path: str) -> None:
     location = response.headers.get("location", "")
-    assert response.status_code in (301, 308) and location.startswith("https://") and location.endswith(path), (
+    redirected = location.startswith("https://") and location.endswith(path)
+    assert response.status_code in (301, 308) and redirected, (
         f"{staging.name}: plain HTTP answered {response.status_code} with location {location!r}"
     )
 
@@ -114,7 +116,8 @@ def _api_targets_after_a_scrape(staging: Staging, timeout: float = 30.0) -> list
         result = staging.stack.exec(
             "prometheus", ["curl", "-fsS", "http://127.0.0.1:9090/api/v1/targets?state=active"], check=False)
         assert result.ok, f"{staging.name}: Prometheus targets API exit {result.exit_status}"
-        targets = [t for t in json.loads(result.stdout)["data"]["activeTargets"] if t["labels"]["job"] == "api"]
+        active = json.loads(result.stdout)["data"]["activeTargets"]
+        targets = [t for t in active if t["labels"]["job"] == "api"]
         if (targets and all(t["health"] != "unknown" for t in targets)) or time.monotonic() > deadline:
             return targets
         time.sleep(1)
@@ -153,6 +156,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for feature, results in sorted(_outcomes.items()):
         failed = [r for r in results if r[1] == "failed"]
         mark = "FAIL" if failed else "pass"
-        terminalreporter.write_line(f"[{mark}] {feature}: {len(results) - len(failed)}/{len(results)} scenarios")
+        passed = len(results) - len(failed)
+        terminalreporter.write_line(f"[{mark}] {feature}: {passed}/{len(results)} scenarios")
         for name, _, reason in failed:
             terminalreporter.write_line(f"       {name}: {reason}")

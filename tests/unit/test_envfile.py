@@ -313,9 +313,11 @@ def test_generate_fills_every_stack_key() -> None:
     assert set(values) == {
         "SECRET_KEY", "ENVIRONMENT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
         "DATABASE_URL", "REDIS_PASSWORD", "REDIS_URL", "DOMAIN", "ALLOWED_HOSTS",
-        "CORS_ORIGINS", "NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "API_IMAGE",
-        "COMPOSE_PROJECT_NAME",
+        "CORS_ORIGINS", "NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "RATE_LIMIT_RPS",
+        "RATE_LIMIT_BURST", "API_IMAGE", "COMPOSE_PROJECT_NAME",
     }  # fmt: skip
+    assert (values["RATE_LIMIT_RPS"], values["RATE_LIMIT_BURST"]) == ("20", "40")
+    assert generate(rate_limit_rps=500)["RATE_LIMIT_BURST"] == "1000"
     assert values["ENVIRONMENT"] == "production"
     assert values["POSTGRES_USER"] == "finaiflow_user"
     assert values["POSTGRES_DB"] == "finaiflow_db"
