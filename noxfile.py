@@ -75,5 +75,5 @@ def bench(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff and mypy --strict."""
     install(session, "lint")
-    session.run("ruff", "check", "src", "tests", "loadtests", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "loadtests", "stack", "noxfile.py")
     session.run("mypy")

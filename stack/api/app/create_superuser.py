@@ -24,7 +24,7 @@ from app.failures import reason
 from app.models import Tenant, User
 from app.passwords import hash_password
 
-PASSWORD_ENV = "FINAIFLOW_SUPERUSER_PASSWORD"
+PASSWORD_ENV = "FINAIFLOW_SUPERUSER_PASSWORD"  # noqa: S105 (the name of a variable, not a password)
 MIN_PASSWORD_LENGTH = 12
 UNDEFINED_TABLE = "42P01"  # PostgreSQL SQLSTATE
 

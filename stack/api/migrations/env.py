@@ -7,12 +7,11 @@ import sys
 from logging.config import fileConfig
 
 from alembic import context
+from app.config import ConfigError, database_url
+from app.models import Base
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from app.config import ConfigError, database_url
-from app.models import Base
 
 config = context.config
 if config.config_file_name is not None:
