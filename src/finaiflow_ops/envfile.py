@@ -57,8 +57,8 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("database", ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "DATABASE_URL")),
     ("cache", ("REDIS_PASSWORD", "REDIS_URL")),
     ("domain", ("DOMAIN", "ALLOWED_HOSTS", "CORS_ORIGINS")),
-    ("stack", ("NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "API_IMAGE",
-               "COMPOSE_PROJECT_NAME")),
+    ("stack", ("NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST",
+               "PROMETHEUS_PORT", "API_IMAGE", "COMPOSE_PROJECT_NAME")),
 )
 
 _HEADER = (
@@ -93,6 +93,7 @@ _INLINE_COMMENT_RE = re.compile(r"\s#")
 _SAFE_UNQUOTED_RE = re.compile(r"[A-Za-z0-9_\-.:/@+=,%?&*~^]*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")  # what compose accepts as a project name
 _DQ_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
 _SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY", re.IGNORECASE)
 _URL_NAME_RE = re.compile(r"_(?:URL|URI|DSN)$", re.IGNORECASE)
@@ -352,11 +353,14 @@ def generate(
     https_port: int = 443,
     api_image: str = "finaiflow/api:1.0.0",
     rate_limit_rps: int = 20,
+    project_name: str = COMPOSE_PROJECT_NAME,
+    prometheus_port: int = 9090,
 ) -> dict[str, str]:
     """Fresh values for the stack's .env, with newly drawn secrets (what setup.sh did).
 
     `rate_limit_rps` is nginx's per-client request rate (burst: twice as many). A local staging
     stack sees every client at one address (Docker's port proxy), so it wants a high one.
+    `project_name` and the ports let several stacks share one Docker engine (tests, previews).
     """
     if isinstance(extra_hosts, str):
         # A str is a Sequence[str]; iterating it would add one "host" per character.
@@ -378,6 +382,12 @@ def generate(
             raise UsageError(f"invalid {name} {port!r}", hint="use a port between 1 and 65535")
     if http_port == https_port:
         raise UsageError("http_port and https_port must differ")
+    if not _PROJECT_RE.fullmatch(project_name):
+        raise UsageError(f"invalid project name {project_name!r}",
+                         hint="lowercase letters, digits, dashes, underscores; not starting with a dash")
+    taken = (http_port, https_port)
+    if isinstance(prometheus_port, bool) or not 1 <= prometheus_port <= 65535 or prometheus_port in taken:
+        raise UsageError(f"invalid prometheus_port {prometheus_port!r}", hint="a free port from 1 to 65535")
     if isinstance(rate_limit_rps, bool) or rate_limit_rps < 1:
         raise UsageError(f"invalid rate limit {rate_limit_rps!r}", hint="give requests per second, >= 1")
     if not _IMAGE_RE.fullmatch(api_image):
@@ -405,7 +415,8 @@ def generate(
         "RATE_LIMIT_RPS": str(rate_limit_rps),
         "RATE_LIMIT_BURST": str(2 * rate_limit_rps),
         "API_IMAGE": api_image,
-        "COMPOSE_PROJECT_NAME": COMPOSE_PROJECT_NAME,
+        "PROMETHEUS_PORT": str(prometheus_port),
+        "COMPOSE_PROJECT_NAME": project_name,
     }
 
 

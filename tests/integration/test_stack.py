@@ -90,7 +90,7 @@ def test_tenant_crud_round_trip_with_cache(base_url: str) -> None:
         assert client.get(f"{api}/{tid}").status_code == 404
 
 
-def test_status_json_matches_the_engine(stack: Stack) -> None:
+def test_status_json_matches_the_engine(stack: Stack, base_url: str) -> None:
     import docker
 
     result = cli("--project-dir", stack.project_dir, "--json", "stack", "status")
@@ -108,7 +108,7 @@ def test_status_json_matches_the_engine(stack: Stack) -> None:
         assert c["health"] == engine[name].attrs["State"]["Health"]["Status"]
     assert {s["name"] for s in status["services"]} == {"nginx", "api", "postgres", "redis", "prometheus"}
     assert status["healthy"] is True
-    assert "https://127.0.0.1/" in status["urls"]
+    assert f"{base_url}/" in status["urls"]
 
 
 def test_no_secret_appears_in_status_output(stack: Stack) -> None:

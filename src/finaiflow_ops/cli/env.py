@@ -1,0 +1,81 @@
+"""`finaiflow-ops env generate|check`: the stack's .env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from finaiflow_ops import envfile
+from finaiflow_ops.cli.options import Options, pass_options
+from finaiflow_ops.errors import CheckFailed, UsageError
+from finaiflow_ops.output import out, print_json
+
+
+@click.group()
+def env() -> None:
+    """The stack's .env: generate (like the runbook's setup.sh) and check for production."""
+
+
+@env.command("generate")
+@click.option("--domain", default="staging.finaiflow.test", show_default=True, help="The primary domain.")
+@click.option("--host", "extra_hosts", multiple=True, help="Another allowed host name (repeatable).")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address nginx publishes on (0.0.0.0 on a public VPS).")
+@click.option("--http-port", default=80, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--https-port", default=443, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-image", default="finaiflow/api:1.0.0", show_default=True)
+@click.option("--rate-limit", default=20, show_default=True, type=click.IntRange(1),
+              help="nginx requests per second per client address (a local staging stack wants more).")
+@click.option("--project-name", default="finaiflow", show_default=True,
+              help="The compose project name (several stacks can share one engine).")
+@click.option("--prometheus-port", default=9090, show_default=True, type=click.IntRange(1, 65535),
+              help="The loopback port Prometheus is published on.")
+@click.option("--force", is_flag=True, help="Replace an existing .env (its secrets are lost).")
+@pass_options
+def env_generate(opts: Options, domain: str, extra_hosts: tuple[str, ...], bind: str, http_port: int,
+                 https_port: int, api_image: str, rate_limit: int, project_name: str,
+                 prometheus_port: int, force: bool) -> None:
+    """Write a new .env with strong generated secrets (mode 0600); never prints them."""
+    if not opts.target.is_local:
+        raise UsageError("env generate writes a local file",
+                         hint="generate it here, then copy it to the target with scp (mode 0600)")
+    path = Path(opts.env_file or Path(opts.project_dir) / ".env")
+    if force and path.exists():
+        opts.confirm(f"replace {path} (the database and Redis passwords in it are lost)?")
+    values = envfile.generate(domain=domain, extra_hosts=extra_hosts, bind=bind, http_port=http_port,
+                              https_port=https_port, api_image=api_image, rate_limit_rps=rate_limit,
+                              project_name=project_name, prometheus_port=prometheus_port)
+    written = envfile.write(path, values, force=force)
+    if opts.json:
+        print_json({"path": str(written), "keys": sorted(values)})
+    else:
+        out.print(f"wrote {written} (mode 0600, {len(values)} keys; secrets generated, not shown)")
+
+
+@env.command("check")
+@pass_options
+def env_check(opts: Options) -> None:
+    """Validate the .env for production; names each failing key, never its value."""
+    path = opts.env_file or str(Path(opts.project_dir) / ".env")
+    if not opts.target.is_local:
+        raise UsageError("env check reads a local file", hint="run it on the host that has the .env")
+    findings = envfile.check(envfile.load(Path(path)))
+    if opts.json:
+        print_json({"path": path, "ok": not findings, "findings": findings})
+    elif not findings:
+        out.print(f"{path}: ok for production")
+    else:
+        table = Table(title=f"{path}: {len(findings)} problem(s)", title_justify="left")
+        table.add_column("key")
+        table.add_column("problem")
+        for f in findings:
+            table.add_row(f.key, f.problem)
+        out.print(table)
+    if findings:
+        raise CheckFailed(f"{path} is not ready for production ({len(findings)} problem(s))",
+                          problems=[f"{f.key}: {f.problem}" for f in findings],
+                          hint="fix the keys named above")
+
+

@@ -1,0 +1,69 @@
+"""`finaiflow-ops stack up|down|status`: the reference stack on the target."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from finaiflow_ops.cli.options import Options, pass_options, progress
+from finaiflow_ops.errors import CheckFailed
+from finaiflow_ops.output import err, out, print_json
+from finaiflow_ops.stack import StackStatus
+
+
+@click.group()
+def stack() -> None:
+    """The reference stack on the target: up, down, status."""
+
+
+@stack.command("up")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for health.")
+@pass_options
+def stack_up(opts: Options, timeout: float) -> None:
+    """Start the stack (migrations first) and wait until every service is healthy."""
+    status = opts.stack.up(timeout=timeout, progress=progress)
+    _print_status(opts, status)
+    if not opts.json:
+        https = [u for u in status.urls if u.startswith("https://")]
+        out.print(f"serving at {https[0] if https else '(no HTTPS port published)'}")
+
+
+@stack.command("down")
+@click.option("--volumes", is_flag=True, help="Also delete the data volumes (database, cache, logs).")
+@pass_options
+def stack_down(opts: Options, volumes: bool) -> None:
+    """Stop and remove the stack's containers (data volumes are kept unless --volumes)."""
+    what = "stop the stack and DELETE its data volumes" if volumes else "stop the stack"
+    opts.confirm(f"{what} on {opts.target}?")
+    opts.stack.down(volumes=volumes)
+    err.print(f"stack {opts.stack.project} stopped on {opts.target}")
+
+
+@stack.command("status")
+@pass_options
+def stack_status(opts: Options) -> None:
+    """Services, containers, images, health and published URLs (exit 1 if any is not healthy)."""
+    status = opts.stack.status()
+    _print_status(opts, status)
+    if not status.healthy:
+        sick = [s.name for s in status.services if not s.healthy]
+        raise CheckFailed(f"not healthy: {', '.join(sick)}", hint="see `finaiflow-ops stack up` or the logs")
+
+
+def _print_status(opts: Options, status: StackStatus) -> None:
+    if opts.json:
+        print_json(status)
+        return
+    table = Table(title=f"{status.project} on {status.target}", title_justify="left")
+    for column in ("service", "container", "state", "health", "image", "ports"):
+        table.add_column(column)
+    for svc in status.services:
+        if not svc.containers:
+            table.add_row(svc.name, "-", "[red]missing[/red]", "", "", "")
+        for c in svc.containers:
+            colour = "green" if c.ready else "red"
+            table.add_row(svc.name, c.name, f"[{colour}]{c.state}[/{colour}]", c.health, c.image,
+                          ", ".join(c.ports))
+    out.print(table)
+
+
