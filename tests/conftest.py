@@ -27,6 +27,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--base-url", default=None, help="the HTTPS base URL (default: what nginx publishes)")
     group.addoption("--allow-destructive", action="store_true",
                     help="run scenarios that change the target on a remote target too")
+    group.addoption("--run-load", action="store_true",
+                    help="run the zero-downtime load gate instead of reading its last recorded result")
 
 
 @pytest.fixture(scope="session")

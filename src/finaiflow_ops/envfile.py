@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import MappingProxyType
 from urllib.parse import SplitResult, unquote, urlsplit
 
@@ -109,7 +109,7 @@ _URL_PASSWORD_RE = re.compile(r"://[^/@:]*:([^@]*)@")
 class EnvFile:
     """A loaded .env: its path, its values (read-only) and its permission bits."""
 
-    path: Path
+    path: PurePath  # a remote .env is a PurePosixPath
     # repr=False: a dataclass repr in a log line or traceback must not print secrets.
     values: Mapping[str, str] = field(repr=False)
     mode: int

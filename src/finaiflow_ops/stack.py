@@ -11,6 +11,7 @@ import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
 from finaiflow_ops import envfile
@@ -136,6 +137,12 @@ class Stack:
             )
         return envfile.parse(self.target.read_text(self.env_path))
 
+    def load_env(self) -> envfile.EnvFile:
+        """The .env with its permission bits, read through the target (for production checks)."""
+        values = self.env
+        mode = int(self.target.run("stat", "-c", "%a", "--", self.env_path).stdout.strip(), 8)
+        return envfile.EnvFile(path=PurePosixPath(self.env_path), values=values, mode=mode)
+
     @property
     def project(self) -> str:
         return self.env.get("COMPOSE_PROJECT_NAME") or DEFAULT_PROJECT
@@ -209,6 +216,14 @@ class Stack:
                 output_tail=envfile.redact(result.stderr or result.stdout, self.env),
             )
         return result
+
+    def psql(self, sql: str, *, database: str | None = None) -> list[list[str]]:
+        """Run one SQL statement with psql inside the database container; rows as lists of fields."""
+        user = self.env.get("POSTGRES_USER", "postgres")
+        db = database or self.env.get("POSTGRES_DB", user)
+        result = self.exec("postgres", ["psql", "-U", user, "-d", db, "-v", "ON_ERROR_STOP=1", "-AtXq",
+                                        "-F", "\t", "-c", sql])
+        return [line.split("\t") for line in result.stdout.splitlines() if line]
 
     def logs(self, container_id: str, *, tail: int = 30) -> str:
         raw: Any = self.target.docker().containers.get(container_id).logs(tail=tail, timestamps=False)

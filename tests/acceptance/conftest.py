@@ -123,9 +123,13 @@ def _api_targets_after_a_scrape(staging: Staging, timeout: float = 30.0) -> list
         time.sleep(1)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    remote = not config.getoption("--target").startswith("local://")
     for item in items:
         item.add_marker(pytest.mark.integration)
+        if remote and "destructive" in item.keywords and not config.getoption("--allow-destructive"):
+            item.add_marker(pytest.mark.skip(
+                reason="changes the target: pass --allow-destructive to run it on a remote target"))
 
 
 # -- the checklist summary: one line per checklist item (feature), pass or fail and why -------------

@@ -58,10 +58,9 @@ def env_generate(opts: Options, domain: str, extra_hosts: tuple[str, ...], bind:
 @pass_options
 def env_check(opts: Options) -> None:
     """Validate the .env for production; names each failing key, never its value."""
-    path = opts.env_file or str(Path(opts.project_dir) / ".env")
-    if not opts.target.is_local:
-        raise UsageError("env check reads a local file", hint="run it on the host that has the .env")
-    findings = envfile.check(envfile.load(Path(path)))
+    loaded = opts.stack.load_env() if not opts.target.is_local else envfile.load(Path(opts.stack.env_path))
+    findings = envfile.check(loaded)
+    path = f"{opts.stack.env_path}" + ("" if opts.target.is_local else f" on {opts.target}")
     if opts.json:
         print_json({"path": path, "ok": not findings, "findings": findings})
     elif not findings:
@@ -77,5 +76,3 @@ def env_check(opts: Options) -> None:
         raise CheckFailed(f"{path} is not ready for production ({len(findings)} problem(s))",
                           problems=[f"{f.key}: {f.problem}" for f in findings],
                           hint="fix the keys named above")
-
-
