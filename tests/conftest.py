@@ -15,6 +15,7 @@ import pytest
 from finaiflow_ops import envfile
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
+from finaiflow_ops.tls import install_dev_certificate
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_RATE_LIMIT = 2000  # keep in step with noxfile.py
@@ -56,6 +57,7 @@ def stack(request: pytest.FixtureRequest, target: Target) -> Iterator[Stack]:
         if not target.is_local:
             pytest.fail(f"no stack on {target}; bring it up first (finaiflow-ops stack up)")
         st.up(timeout=300)
+        install_dev_certificate(st)  # what a staging gets after `stack up`: see noxfile.py
     yield st
     if started:
         Stack(target, project_dir).down(volumes=True)

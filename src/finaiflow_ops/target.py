@@ -3,7 +3,8 @@
 A Target is named by a testinfra host URL:
 
     local://                      this machine (commands through `sh`, engine from DOCKER_HOST or the socket)
-    ssh://user@host[:port]        a remote host over OpenSSH (key auth, never a password prompt);
+    ssh://user@host[:port]        a remote host over OpenSSH (key auth, never a password prompt;
+                                  ?identity_file=PATH for a key outside the agent and ~/.ssh);
                                   its engine through `docker` over the same SSH
     docker://container            a container seen as a host (for host facts, not for the stack)
 
@@ -12,12 +13,15 @@ There is one way to run a command, `Target.run(*argv)`: arguments are a list, qu
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from finaiflow_ops.errors import CommandFailed, TargetUnreachable, UsageError
 
@@ -51,6 +55,7 @@ class Target:
     host: str = ""
     user: str = ""
     port: int | None = None
+    identity_file: str = ""  # ssh://...?identity_file=PATH
     url: str = field(default="local://", compare=False)
 
     @classmethod
@@ -64,8 +69,12 @@ class Target:
             raise UsageError(f"bad port in target {url!r}", hint=forms) from exc
         if parts.scheme == "local" and not parts.netloc:
             return cls("local", url=url)
+        query = dict(parse_qsl(parts.query))
+        if set(query) - {"identity_file"}:
+            raise UsageError(f"unknown option in target {url!r}", hint="accepted: ?identity_file=PATH")
         if parts.scheme in ("ssh", "docker") and parts.hostname:
-            return cls(parts.scheme, parts.hostname, parts.username or "", port, url=url)  # type: ignore[arg-type]
+            return cls(parts.scheme, parts.hostname, parts.username or "", port,  # type: ignore[arg-type]
+                       query.get("identity_file", ""), url=url)
         raise UsageError(f"unsupported target {url!r}", hint=forms)
 
     @property
@@ -93,6 +102,10 @@ class Target:
             return testinfra.get_host(
                 f"ssh://{netloc}",
                 ssh_extra_args="-o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+                ssh_identity_file=self.identity_file or None,
+                # One connection reused by every command of a run, instead of one each.
+                # (testinfra %-formats the ssh command: %%C reaches ssh as its %C token.)
+                controlpath=f"{_control_dir()}/%%C",
                 timeout=15,
             )
         return testinfra.get_host(self.url)
@@ -116,14 +129,17 @@ class Target:
                 raise UsageError("standard input is only supported on local targets")
             try:
                 out = self._testinfra.run(shlex.join(argv))
-            except RuntimeError as exc:  # testinfra's ssh backend raises when ssh itself exits 255
-                stderr = getattr(exc.args[0], "stderr", "") if exc.args else ""
-                first = (stderr.strip().splitlines() or ["connection failed"])[0]
-                raise TargetUnreachable(
-                    f"cannot reach {self.url}: {first}",
-                    hint="check the host, port and that your SSH key is accepted (ssh -o BatchMode=yes)",
-                ) from None
-            result = CommandResult(tuple(argv), out.rc, out.stdout, out.stderr)
+                result = CommandResult(tuple(argv), out.rc, out.stdout, out.stderr)
+            except RuntimeError as exc:  # testinfra's ssh backend raises on any exit 255
+                out = exc.args[0] if exc.args else None
+                stderr = str(getattr(out, "stderr", "") or "")
+                if _ssh_failed(stderr):
+                    raise TargetUnreachable(
+                        f"cannot reach {self.url}: {_ssh_error_line(stderr)}",
+                        hint="check the host, port and that your SSH key is accepted (ssh -o BatchMode=yes)",
+                    ) from None
+                # The remote command itself exited 255 (sshd -t, fail2ban-client do): a normal result.
+                result = CommandResult(tuple(argv), 255, str(getattr(out, "stdout", "") or ""), stderr)
             gone = ("No such container", "is not running")
             if self.kind == "docker" and any(g in result.stderr for g in gone):
                 raise TargetUnreachable(f"cannot reach {self.url}: {result.stderr.strip().splitlines()[0]}",
@@ -193,6 +209,30 @@ class Target:
     def docker(self) -> docker.DockerClient:
         """The Docker engine of this target (checked with a ping on first use)."""
         return self._docker
+
+
+def _control_dir() -> str:
+    """A private directory for ssh's connection-sharing sockets."""
+    path = Path(tempfile.gettempdir()) / f"finaiflow-ssh-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return str(path)
+
+
+_SSH_FAILURES = ("ssh:", "Permission denied (", "Host key verification failed", "Connection closed by",
+                 "kex_exchange_identification", "Connection reset by")
+
+
+def _ssh_error_line(stderr: str) -> str:
+    """ssh's own complaint, skipping warnings such as `Permanently added ... to known hosts`."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("Warning:")]
+    return lines[-1] if lines else "connection failed"
+
+
+def _ssh_failed(stderr: str) -> bool:
+    """Whether a 255 exit came from ssh failing to connect or log in, not from the remote command."""
+    return any(line.lstrip().startswith(_SSH_FAILURES) or "Permission denied (" in line
+               for line in stderr.splitlines())
 
 
 def _tail(text: str, lines: int = 20) -> str:

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Renders the site from its template, makes a development certificate on first start (a real
-# one is installed by `finaiflow-ops tls install`), then runs nginx in the foreground.
+# Renders the site from its template, makes a self-signed certificate on first start (replaced
+# by `finaiflow-ops tls dev-cert` on a staging, `tls issue` in production), then runs nginx.
 set -eu
 
 : "${DOMAIN:=localhost}"
@@ -14,15 +14,34 @@ for template in /etc/nginx/templates/*.conf.template; do
       "$template" >"/etc/nginx/conf.d/$(basename "$template" .template)"
 done
 
-# The upstream is re-rendered by the rolling update; at start every api container serves.
-[ -s /etc/nginx/upstreams/api.conf ] || cat >/etc/nginx/upstreams/api.conf <<'CONF'
-upstream api {
-    server api:8000;
-    keepalive 32;
-}
-CONF
+# One upstream per proxied service, named after it. At start it is the service's DNS name, which
+# resolves to every container of the service running now; a rolling update then names the new
+# containers and reloads (finaiflow_ops.proxy). Rewritten at every start, restarts included: a
+# file naming containers that a later deploy removed would keep nginx from starting.
+for spec in ${NGINX_UPSTREAMS:-api:8000}; do
+  case "$spec" in
+    *[!A-Za-z0-9_.:-]*|:*|*:|*:*:*) ;;
+    *:*) printf 'upstream %s {\n    server %s;\n    keepalive 32;\n}\n' "${spec%%:*}" "$spec" \
+           >"/etc/nginx/upstreams/${spec%%:*}.conf"; continue;;
+  esac
+  echo "bad NGINX_UPSTREAMS entry: $spec (want service:port)" >&2; exit 2
+done
 
 ssl=/etc/nginx/ssl
+# `tls install` renames key.pem then cert.pem into place, keeping the old pair as *.prev. Killed
+# between the two renames, it would leave a key that does not match its certificate, which
+# nginx refuses at start: put the previous pair back in that case.
+pubkey_of_cert() { openssl x509 -in "$1" -noout -pubkey 2>/dev/null; }
+pubkey_of_key() { openssl pkey -in "$1" -pubout 2>/dev/null; }
+if [ -s "$ssl/cert.pem" ] && [ -s "$ssl/key.pem" ] \
+   && [ "$(pubkey_of_cert "$ssl/cert.pem")" != "$(pubkey_of_key "$ssl/key.pem")" ] \
+   && [ -s "$ssl/cert.pem.prev" ] && [ -s "$ssl/key.pem.prev" ] \
+   && [ "$(pubkey_of_cert "$ssl/cert.pem.prev")" = "$(pubkey_of_key "$ssl/key.pem.prev")" ]; then
+  echo "nginx: $ssl/key.pem does not match cert.pem (an interrupted install): restoring the previous pair" >&2
+  cp -p "$ssl/key.pem.prev" "$ssl/key.pem"
+  cp -p "$ssl/cert.pem.prev" "$ssl/cert.pem"
+fi
+rm -f "$ssl/cert.pem.new" "$ssl/key.pem.new"
 if [ ! -s "$ssl/cert.pem" ] || [ ! -s "$ssl/key.pem" ]; then
   echo "nginx: no certificate in $ssl, generating a self-signed development certificate for $DOMAIN" >&2
   umask 077

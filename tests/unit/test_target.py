@@ -70,3 +70,28 @@ class _Item:
 
 def test_json_form_has_fields_and_public_properties() -> None:
     assert jsonable([_Item("a", (1, 2))]) == [{"name": "a", "sizes": [1, 2], "total": 3}]
+
+
+def test_identity_file_is_a_target_option() -> None:
+    assert Target.parse("ssh://root@h:2222?identity_file=/k/id").identity_file == "/k/id"
+    with pytest.raises(UsageError):
+        Target.parse("ssh://root@h?password=x")
+
+
+@pytest.mark.parametrize(
+    ("stderr", "unreachable"),
+    [
+        ("ssh: connect to host 10.0.0.1 port 22: Connection refused\r\n", True),
+        ("Warning: Permanently added '[h]:2222' to the list of known hosts.\r\n"
+         "root@h: Permission denied (publickey).\r\n", True),
+        ("Host key verification failed.\r\n", True),
+        ("ERROR  NOK: ('nginx-limit-req',)\n", False),  # fail2ban-client's own exit 255
+        ("", False),
+    ],
+)
+def test_a_remote_exit_255_is_unreachable_only_when_ssh_failed(stderr: str, unreachable: bool) -> None:
+    from finaiflow_ops.target import _ssh_error_line, _ssh_failed
+
+    assert _ssh_failed(stderr) is unreachable
+    if unreachable:
+        assert not _ssh_error_line(stderr).startswith("Warning:")

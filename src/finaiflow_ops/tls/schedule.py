@@ -1,0 +1,173 @@
+"""Renewal on a schedule: a systemd timer where systemd runs, a crontab entry elsewhere.
+
+Both run `finaiflow-ops ... tls renew` on the target twice a day (Let's Encrypt's advice) at a
+minute drawn from the project directory, so hosts and stacks do not all renew at once.
+Installing is idempotent (the entry is recognised by its marker and replaced, never added
+twice) and `remove` takes it out again, leaving the rest of the crontab as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from finaiflow_ops.errors import UsageError
+from finaiflow_ops.stack import Stack
+from finaiflow_ops.target import Target
+
+__all__ = [
+    "CRON_MARKER",
+    "Schedule",
+    "merge_crontab",
+    "renew_command",
+    "schedule",
+    "systemd_units",
+    "unit_name",
+]
+
+Kind = Literal["cron", "systemd"]
+CRON_MARKER = "# finaiflow-ops tls renew for "
+SYSTEMD_DIR = "/etc/systemd/system"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The renewal schedule on a target, after `tls schedule`."""
+
+    target: str
+    kind: Kind
+    entry: str  # the crontab line, or the timer unit's name
+    command: str
+    changed: bool
+    installed: bool
+
+
+def renew_command(stack: Stack, *, ops_command: str, extra: Sequence[str] = ()) -> str:
+    """The command the schedule runs on the target (local:// there, since it runs on it)."""
+    return shlex.join([ops_command, "--target", "local://", "--project-dir", stack.project_dir,
+                       "--env-file", stack.env_path, "--yes", "tls", "renew", *extra])
+
+
+def _slot(project_dir: str) -> tuple[int, int]:
+    digest = int(hashlib.sha256(project_dir.encode()).hexdigest(), 16)
+    return digest % 60, (digest // 60) % 12  # minute, hour (and hour + 12)
+
+
+def cron_line(project_dir: str, command: str, log: str) -> str:
+    minute, hour = _slot(project_dir)
+    # `%` ends the command in crontab syntax; none of our arguments should carry one.
+    if "%" in command or "%" in log:
+        raise UsageError("the renewal command contains '%', which crontab cannot hold",
+                         hint="use a project directory and executable path without '%'")
+    return f"{minute} {hour},{hour + 12} * * * {command} >>{shlex.quote(log)} 2>&1"
+
+
+def merge_crontab(existing: str, project_dir: str, line: str | None) -> str:
+    """`existing` with this project's entry replaced by `line` (or removed when None); others kept."""
+    marker = CRON_MARKER + project_dir
+    lines = existing.splitlines()
+    kept: list[str] = []
+    skip = False
+    for ln in lines:
+        if skip:
+            skip = False
+            continue
+        if ln.strip() == marker:
+            skip = True  # the entry is the line after its marker
+            continue
+        kept.append(ln)
+    if line is not None:
+        kept += [marker, line]
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
+def unit_name(project: str) -> str:
+    return f"finaiflow-tls-renew-{re.sub(r'[^A-Za-z0-9_-]', '-', project)}"
+
+
+def systemd_units(project: str, project_dir: str, command: str) -> dict[str, str]:
+    """The service and timer unit files, by file name."""
+    minute, hour = _slot(project_dir)
+    name = unit_name(project)
+    service = (
+        "[Unit]\n"
+        f"Description=Renew the TLS certificate of the FinaiFlow stack {project}\n"
+        "Wants=network-online.target\nAfter=network-online.target docker.service\n\n"
+        "[Service]\nType=oneshot\n"
+        f"ExecStart=/bin/sh -c {shlex.quote(command)}\n"
+    )
+    timer = (
+        "[Unit]\n"
+        f"Description=Renew the TLS certificate of the FinaiFlow stack {project} twice a day\n\n"
+        "[Timer]\n"
+        f"OnCalendar=*-*-* {hour:02d},{hour + 12:02d}:{minute:02d}:00\n"
+        "RandomizedDelaySec=15min\nPersistent=true\n\n"
+        "[Install]\nWantedBy=timers.target\n"
+    )
+    return {f"{name}.service": service, f"{name}.timer": timer}
+
+
+def _has_systemd(target: Target) -> bool:
+    return target.run("test", "-d", "/run/systemd/system", check=False).ok
+
+
+def schedule(
+    stack: Stack,
+    *,
+    ops_command: str,
+    kind: Kind | Literal["auto"] = "auto",
+    remove: bool = False,
+    extra: Sequence[str] = (),
+    log: str | None = None,
+) -> Schedule:
+    """Install (or `remove`) the renewal schedule on the stack's target."""
+    target = stack.target
+    chosen: Kind = kind if kind != "auto" else ("systemd" if _has_systemd(target) else "cron")
+    command = renew_command(stack, ops_command=ops_command, extra=extra)
+    if chosen == "systemd":
+        return _systemd(stack, command, remove=remove)
+    line = cron_line(stack.project_dir, command, log or f"{stack.project_dir}/letsencrypt-renew.log")
+    current = _read_crontab(target)
+    wanted = merge_crontab(current, stack.project_dir, None if remove else line)
+    changed = wanted != (current if not current or current.endswith("\n") else current + "\n")
+    if changed:
+        target.run("sh", "-c", 'printf "%s" "$1" | crontab -', "sh", wanted)
+    return Schedule(str(target), "cron", line, command, changed, not remove)
+
+
+def _read_crontab(target: Target) -> str:
+    result = target.run("crontab", "-l", check=False)
+    if result.ok:
+        return result.stdout
+    if "no crontab" in result.stderr.lower():
+        return ""
+    raise UsageError(f"cannot read the crontab on {target}: {result.stderr.strip() or result.exit_status}",
+                     hint="install cron (apt-get install cron), or use --kind systemd")
+
+
+def _systemd(stack: Stack, command: str, *, remove: bool) -> Schedule:
+    target = stack.target
+    units = systemd_units(stack.project, stack.project_dir, command)
+    timer = next(n for n in units if n.endswith(".timer"))
+    changed = False
+    if remove:
+        if target.exists(f"{SYSTEMD_DIR}/{timer}"):
+            target.run("systemctl", "disable", "--now", timer, check=False)
+            target.run("rm", "-f", *(f"{SYSTEMD_DIR}/{n}" for n in units))
+            target.run("systemctl", "daemon-reload")
+            changed = True
+        return Schedule(str(target), "systemd", timer, command, changed, False)
+    for file, text in units.items():
+        path = f"{SYSTEMD_DIR}/{file}"
+        current = target.run("cat", "--", path, check=False)
+        if not current.ok or current.stdout != text:
+            target.run("sh", "-c", 'printf "%s" "$1" >"$2.tmp" && mv -f "$2.tmp" "$2"', "sh", text, path)
+            changed = True
+    if changed:
+        target.run("systemctl", "daemon-reload")
+    target.run("systemctl", "enable", "--now", timer)
+    return Schedule(str(target), "systemd", timer, command, changed, True)

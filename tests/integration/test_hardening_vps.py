@@ -1,0 +1,317 @@
+"""Hardening a real host: a throwaway Debian "VPS" container reached over SSH like any server.
+
+The VPS (stack/vps) runs sshd with Debian's defaults, ufw, fail2ban and iptables in its own
+network namespace (NET_ADMIN), so firewall rules and bans never touch the machine running the
+tests. It is audited fresh (findings expected), hardened through the CLI, audited again (every
+host rule passes), hardened again (nothing changes), made to ban a real client, and drifted by
+hand (the audit names the drift and apply fixes only that).
+
+/proc/sys is read-only in containers; only its net/ part (the container's own namespace) is made
+writable, so the sysctl rule can apply there and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from docker.models.containers import Container
+
+from finaiflow_ops import hardening
+from finaiflow_ops.hardening import Outcome, Status
+from finaiflow_ops.hardening.fail2ban import CHAIN, JAIL, Fail2banRule
+from finaiflow_ops.hardening.firewall import UfwRule
+from finaiflow_ops.hardening.sshd import DROP_IN, SshAuthRule
+from finaiflow_ops.target import Target
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+VPS_IMAGE = "finaiflow/vps:bookworm"
+# Where Docker keeps the nginx container's log volume on a real host; nginx in the VPS writes there.
+LOG_DIR = "/var/lib/docker/volumes/finaiflow_nginx_logs/_data"
+CLIENT = "192.0.2.10"  # TEST-NET-1, on the VPS's loopback: a client fail2ban does not ignore
+HOST_RULES = {"ssh.auth", "ssh.limits", "ssh.config-files", "firewall.ufw", "fail2ban.nginx-limit-req",
+              "sysctl.network", "packages.unattended-upgrades", "docker.daemon.tcp-socket",
+              "docker.daemon.settings"}
+
+# nginx in the VPS stands in for the stack's nginx container: same rate-limit log lines, written
+# where the container's log volume would be. One request per second, burst 1: easy to exceed.
+NGINX_SITE = f"""
+limit_req_zone $binary_remote_addr zone=vps:1m rate=1r/s;
+limit_req_status 429;
+limit_req_log_level warn;
+server {{
+    listen 80 default_server;
+    error_log {LOG_DIR}/error.log warn;
+    access_log {LOG_DIR}/access.log;
+    root /var/www/html;
+    location / {{
+        limit_req zone=vps burst=1 nodelay;
+        try_files /index.nginx-debian.html =404;
+    }}
+}}
+"""
+
+
+@dataclass
+class Vps:
+    container: Container
+    target: Target
+    env: dict[str, str]  # for CLI subprocesses: the ssh agent holding the key
+
+    @property
+    def url(self) -> str:
+        return self.target.url
+
+    def sh(self, script: str, *args: str) -> str:
+        """A command at the VPS's console (docker exec, not SSH): test set-up and hand-made drift."""
+        code, output = self.container.exec_run(["sh", "-c", script, "sh", *args])
+        text = output.decode(errors="replace")
+        assert code == 0, f"`{script}` failed in the VPS: {text}"
+        return text
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "finaiflow_ops.cli", "--target", self.url, *args],
+            capture_output=True, text=True, timeout=300, env=self.env, check=False,
+        )
+
+    def context(self) -> hardening.Context:
+        return hardening.context(self.target, nginx_log_dir=LOG_DIR)
+
+
+@pytest.fixture(scope="session")
+def vps_image() -> str:
+    """Built once (stack/vps/build is idempotent: it does nothing while the image matches its definition)."""
+    subprocess.run(["bash", str(REPO / "stack" / "vps" / "build")], check=True, timeout=900)
+    return VPS_IMAGE
+
+
+def _readonly_proc_sys_but_net() -> list[str]:
+    """Docker's read-only /proc paths, with /proc/sys split so that only /proc/sys/net is writable."""
+    sys_dirs = sorted(p.name for p in Path("/proc/sys").iterdir() if p.name != "net")
+    return ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger",
+            *(f"/proc/sys/{d}" for d in sys_dirs)]
+
+
+def _start_agent(keydir: Path) -> tuple[int, dict[str, str]]:
+    sock = keydir / "agent.sock"
+    out = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], capture_output=True, text=True,
+                         check=True).stdout
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", out).group(1))  # type: ignore[union-attr]
+    env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+    subprocess.run(["ssh-add", "-q", str(keydir / "id")], env=env, check=True, capture_output=True)
+    return pid, env
+
+
+KNOWN_HOSTS = Path.home() / ".ssh" / "known_hosts"
+
+
+def _forget_host_key(port: int) -> None:
+    """accept-new records the VPS's host key in ~/.ssh/known_hosts; a later VPS on the same port
+    has another key, so the entry is removed before and after."""
+    if KNOWN_HOSTS.exists():
+        subprocess.run(["ssh-keygen", "-R", f"[127.0.0.1]:{port}"], capture_output=True, check=False)
+        Path(f"{KNOWN_HOSTS}.old").unlink(missing_ok=True)
+
+
+def _restore_ssh_dir(had_dir: bool, had_file: bool) -> None:
+    """Leave ~/.ssh as the run found it: ssh creates the directory and the file when missing."""
+    if not had_file and KNOWN_HOSTS.exists() and not KNOWN_HOSTS.read_text().strip():
+        KNOWN_HOSTS.unlink()
+    if not had_dir and KNOWN_HOSTS.parent.exists() and not any(KNOWN_HOSTS.parent.iterdir()):
+        KNOWN_HOSTS.parent.rmdir()
+
+
+@pytest.fixture(scope="module")
+def vps(vps_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vps]:
+    keydir = tmp_path_factory.mktemp("vps-ssh")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keydir / "id")], check=True)
+    agent_pid, env = _start_agent(keydir)
+    client = docker.from_env()
+    host_config = client.api.create_host_config(
+        cap_add=["NET_ADMIN"], init=True, port_bindings={22: ("127.0.0.1", None)})
+    host_config["ReadonlyPaths"] = _readonly_proc_sys_but_net()
+    created = client.api.create_container(vps_image, host_config=host_config, ports=[22],
+                                          labels={"finaiflow.test": "hardening-vps"})
+    container = client.containers.get(created["Id"])
+    port = 0
+    had_dir, had_file = KNOWN_HOSTS.parent.exists(), KNOWN_HOSTS.exists()
+    monkey = pytest.MonkeyPatch()
+    try:
+        container.start()
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["22/tcp"][0]["HostPort"])
+        _forget_host_key(port)
+        monkey.setenv("SSH_AUTH_SOCK", env["SSH_AUTH_SOCK"])  # the library's ssh calls use the agent too
+        pubkey = (keydir / "id.pub").read_text().strip()
+        vps = Vps(container, Target.parse(f"ssh://root@127.0.0.1:{port}"), env)
+        vps.sh('mkdir -p -m 700 /root/.ssh && printf "%s\\n" "$1" >/root/.ssh/authorized_keys '
+               "&& chmod 600 /root/.ssh/authorized_keys", pubkey)
+        vps.sh('mkdir -p "$1" && printf "%s" "$2" >/etc/nginx/sites-enabled/default && nginx', LOG_DIR,
+               NGINX_SITE)
+        deadline = time.monotonic() + 30
+        while not _reachable(vps.target):
+            assert time.monotonic() < deadline, "sshd in the VPS did not answer within 30 s"
+            time.sleep(0.5)
+        yield vps
+    finally:
+        container.remove(force=True)
+        monkey.undo()
+        os.kill(agent_pid, signal.SIGTERM)
+        if port:
+            _forget_host_key(port)
+        _restore_ssh_dir(had_dir, had_file)
+
+
+def _reachable(target: Target) -> bool:
+    from finaiflow_ops.errors import TargetUnreachable
+
+    try:
+        return target.run("true", check=False).ok
+    except TargetUnreachable:
+        return False
+
+
+def _statuses(report: dict[str, Any]) -> dict[str, str]:
+    return {f["rule"]: f["status"] for f in report["findings"]}
+
+
+# -- a fresh VPS ------------------------------------------------------------------------------------
+
+def test_fresh_vps_audit_names_the_providers_defaults(vps: Vps) -> None:
+    result = vps.cli("--json", "harden", "audit", "--nginx-logs", LOG_DIR)
+    assert result.returncode == 1, result.stderr  # high-severity failures
+    assert result.stdout.startswith("{"), result.stderr
+    report = json.loads(result.stdout)
+    statuses = _statuses(report)
+    failing = {rule for rule, status in statuses.items() if status == "fail"}
+    assert failing == HOST_RULES - {"ssh.config-files"}, statuses
+    assert statuses["ssh.config-files"] == "pass"
+    assert set(report["high_failures"]) == {"ssh.auth", "firewall.ufw", "docker.daemon.tcp-socket"}
+    findings = {f["rule"]: f for f in report["findings"]}
+    assert "PasswordAuthentication is yes (wanted no)" in findings["ssh.auth"]["problems"]
+    assert "ufw is inactive" in findings["firewall.ufw"]["problems"]
+    assert "Docker API on tcp://0.0.0.0:2375 without TLS (/etc/docker/daemon.json)" in \
+        findings["docker.daemon.tcp-socket"]["problems"]
+    # Docker does not run in the VPS: the daemon rules say they read the file instead.
+    assert "docker info unavailable" in findings["docker.daemon.settings"]["source"]
+    # No stack on this host: the Docker-aware stack rules say so instead of passing.
+    for rule in set(statuses) - HOST_RULES:
+        assert statuses[rule] == "skip" and "no stack" in findings[rule]["detail"], findings[rule]
+
+
+def test_firewall_apply_refuses_to_cut_the_ssh_session(vps: Vps) -> None:
+    # sshd's configuration moved to 2222 but sshd was not restarted: this session still uses 22.
+    vps.sh("printf 'Port 2222\\n' >/etc/ssh/sshd_config.d/00-moved.conf")
+    try:
+        change = UfwRule().apply(vps.context())
+    finally:
+        vps.sh("rm -f /etc/ssh/sshd_config.d/00-moved.conf")
+    assert change.outcome is Outcome.REFUSED, change
+    assert "this SSH session uses port 22" in change.reason and "2222" in change.reason
+    assert "Status: inactive" in vps.sh("ufw status")
+
+
+def test_sshd_apply_never_locks_out_the_session_it_runs_in(vps: Vps) -> None:
+    # Someone left a setting that, once sshd reloads, refuses the key this session logs in with.
+    vps.sh("printf 'PubkeyAuthentication no\\n' >/etc/ssh/sshd_config.d/00-nokeys.conf")
+    try:
+        change = SshAuthRule().apply(vps.context())
+    finally:
+        vps.sh("rm -f /etc/ssh/sshd_config.d/00-nokeys.conf")
+    assert change.outcome is Outcome.REFUSED, change
+    assert change.reason.startswith("public key authentication would be off for this session")
+    assert DROP_IN.rsplit("/", 1)[1] not in vps.sh("ls /etc/ssh/sshd_config.d")  # undone, sshd not reloaded
+    assert vps.target.run("true").ok
+
+
+def test_fail2ban_apply_refuses_without_docker_user_chain(vps: Vps) -> None:
+    change = Fail2banRule().apply(vps.context())
+    assert change.outcome is Outcome.REFUSED, change
+    assert CHAIN in change.reason
+    assert "fail2ban-server" not in vps.sh("ps -eo args")
+
+
+# -- hardened ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hardened(vps: Vps) -> dict[str, Any]:
+    # What Docker creates when it starts; bans must go there (no Docker engine in the VPS).
+    vps.sh(f"iptables -N {CHAIN} && iptables -A {CHAIN} -j RETURN && iptables -I FORWARD -j {CHAIN}")
+    result = vps.cli("--yes", "--json", "harden", "apply", "--nginx-logs", LOG_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_apply_fixes_every_host_rule_and_the_audit_agrees(vps: Vps, hardened: dict[str, Any]) -> None:
+    outcomes = {c["rule"]: c["outcome"] for c in hardened["changes"]}
+    changed = {rule for rule, outcome in outcomes.items() if outcome == "changed"}
+    assert changed == HOST_RULES - {"ssh.config-files"}, outcomes
+    result = vps.cli("--json", "harden", "audit", "--nginx-logs", LOG_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    statuses = _statuses(json.loads(result.stdout))
+    assert {rule for rule, status in statuses.items() if status == "pass"} == HOST_RULES, statuses
+    # The effects, seen without the library.
+    assert "Status: active" in vps.sh("ufw status")
+    assert "-P INPUT DROP" in vps.sh("iptables -S INPUT")
+    effective = vps.sh("sshd -T")
+    assert "passwordauthentication no" in effective and "maxauthtries 3" in effective
+    assert "tcp://" not in vps.sh("cat /etc/docker/daemon.json")
+    assert vps.sh("sysctl -n net.ipv4.conf.all.send_redirects").strip() == "0"
+
+
+def test_second_apply_changes_nothing_and_says_so(vps: Vps, hardened: dict[str, Any]) -> None:
+    report = hardening.apply(vps.context())
+    assert report.changed == ()
+    for change in report.changes:
+        assert change.outcome in (Outcome.UNCHANGED, Outcome.SKIPPED), change
+        if change.rule in HOST_RULES:
+            assert change.reason == "no change: already compliant"
+
+
+def test_real_ban_lands_in_docker_user_and_unban_removes_it(vps: Vps, hardened: dict[str, Any]) -> None:
+    vps.sh(f"ip addr add {CLIENT}/32 dev lo")
+    try:
+        # 30 requests at once from the client: 1 r/s with burst 1 limits about 28 of them.
+        codes = vps.sh(f'for i in $(seq 30); do curl -s -m 2 -o /dev/null -w "%{{http_code}} " '
+                       f"--interface {CLIENT} http://{CLIENT}/; done")
+        assert codes.split().count("429") >= 10, codes
+        deadline = time.monotonic() + 20
+        while CLIENT not in vps.target.run("fail2ban-client", "status", JAIL).stdout:
+            assert time.monotonic() < deadline, "fail2ban did not ban the client within 20 s"
+            time.sleep(0.5)
+        assert f"-j f2b-{JAIL}" in vps.sh(f"iptables -S {CHAIN}")
+        assert f"-A f2b-{JAIL} -s {CLIENT}/32 -j REJECT" in vps.sh(f"iptables -S f2b-{JAIL}")
+        vps.target.run("fail2ban-client", "set", JAIL, "unbanip", CLIENT)
+        assert CLIENT not in vps.sh(f"iptables -S f2b-{JAIL}")
+    finally:
+        vps.sh(f"ip addr del {CLIENT}/32 dev lo || true")
+
+
+def test_drift_by_hand_is_named_and_only_it_is_applied(vps: Vps, hardened: dict[str, Any]) -> None:
+    vps.sh("ufw allow 8080/tcp && chmod 0666 /etc/ssh/sshd_config")
+    ctx = vps.context()
+    report = hardening.audit(ctx)
+    failing = {f.rule: f for f in report.findings if f.status is Status.FAIL}
+    assert set(failing) == {"firewall.ufw", "ssh.config-files"}, report.findings
+    assert failing["firewall.ufw"].problems == ("extra rule: ufw allow 8080/tcp",)
+    assert failing["ssh.config-files"].problems == ("/etc/ssh/sshd_config is root:root 0666",)
+    assert report.high_failures == ("firewall.ufw",)
+    applied = hardening.apply(ctx)
+    assert set(applied.changed) == {"firewall.ufw", "ssh.config-files"}
+    assert applied.ok
+    assert "8080" not in vps.sh("ufw status")
+    assert vps.sh("stat -c %a /etc/ssh/sshd_config").strip() == "644"
