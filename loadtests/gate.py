@@ -1,32 +1,73 @@
-"""The load gate: steady locust traffic through nginx on 127.0.0.1; passes only with zero failures.
+"""The zero-downtime gate: locust traffic through nginx while the api is updated and rolled back.
 
-    python -m loadtests.gate [--host https://127.0.0.1] [--users 8] [--seconds 20] [--out reports/load.json]
+    python -m loadtests.gate [--project-dir stack] [--target local://] [--service api]
+                             [--users 10] [--rest 15] [--settle 5] [--other IMAGE]
+                             [--max-rollback-seconds 10] [--no-runbook] [--out reports/load.json]
 
-Numbers go to the output file and are printed. The rolling-update and rollback phases, with the
-runbook's own update measured beside them, are added by the zero-downtime work.
+One locust run (loadtests/traffic.py, in its own process) drives steady traffic through nginx on
+127.0.0.1 for the whole gate, and these phases are cut out of it:
+
+    rest      nothing changes: the reference numbers
+    update    finaiflow_ops.rollout.deploy SERVICE to the other release            (ours)
+    rollback  finaiflow_ops.rollout.rollback SERVICE                               (ours)
+    runbook   the runbook's `docker compose up -d --no-deps --scale api=2 api`, with the other
+              release, nginx configured as the runbook's (`server api:8000`)    (the baseline)
+    restore   finaiflow_ops.rollout.deploy back to the release found, as many replicas as found
+
+A switch window runs from the command's start until --settle seconds after it returned; each
+request counts in the window it started in. The gate passes when no request failed at rest or
+in our phases (the runbook's failures are the baseline it is compared with), /version changed
+and came back, and the rollback put traffic back within --max-rollback-seconds. Results go to
+--out and to PROJECT_DIR/.finaiflow/loadgate.json on the target (what the "load tests done"
+checklist item reads), and are printed side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import gevent
-from locust.env import Environment
-from locust.stats import StatsEntry
+import httpx
 
-from loadtests.locustfile import TenantAdmin
+from finaiflow_ops import releases, rollout
+from finaiflow_ops.proxy import Proxy, Upstream
+from finaiflow_ops.stack import Stack
+from finaiflow_ops.target import Target
+
+REPO = Path(__file__).resolve().parent.parent
+_URL_IN_ERROR = re.compile(r"URL \S+ ?")
 
 
 @dataclass(frozen=True)
-class PhaseResult:
-    """What one phase of load saw."""
+class Sample:
+    """One request: when it started (epoch seconds), how long it took, what, and its error."""
+
+    start: float
+    ms: float
+    name: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Window:
+    """The numbers of one phase: the requests that started between `start` and `end`."""
 
     phase: str
+    kind: str  # rest | ours | runbook
     seconds: float
     requests: int
     failures: int
@@ -34,56 +75,244 @@ class PhaseResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
-    errors: dict[str, int]
-
-    @classmethod
-    def from_stats(cls, phase: str, seconds: float, total: StatsEntry, errors: dict[str, int]) -> PhaseResult:
-        return cls(phase, round(seconds, 1), total.num_requests, total.num_failures,
-                   round(total.num_requests / seconds, 1) if seconds else 0.0,
-                   total.get_response_time_percentile(0.5) or 0.0,
-                   total.get_response_time_percentile(0.95) or 0.0,
-                   total.get_response_time_percentile(0.99) or 0.0, errors)
+    errors: dict[str, int] = field(default_factory=dict)
+    command_seconds: float | None = None  # how long the command ran
+    switch_seconds: float | None = None  # when traffic was on the new containers, from its start
+    slow_in_flight: int = 0  # slow reports in flight at the switch, all of them completed or failed
+    release_after: str = ""  # what /version said once the window closed
 
 
-def run_phase(host: str, phase: str, *, users: int, seconds: float) -> PhaseResult:
-    """Run `users` simulated users for `seconds` (bounded), then stop them and collect the stats."""
-    env = Environment(user_classes=[TenantAdmin], host=host)
-    runner = env.create_local_runner()
-    start = time.monotonic()
-    runner.start(users, spawn_rate=users)
-    gevent.sleep(seconds)
-    runner.stop()  # waits for users to finish their current request
-    runner.quit()
-    elapsed = time.monotonic() - start
-    errors = {f"{e.method} {e.name}: {e.error}": e.occurrences for e in env.stats.errors.values()}
-    return PhaseResult.from_stats(phase, elapsed, env.stats.total, errors)
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of values (0 when there are none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 1)
+
+
+def window(samples: Sequence[Sample], phase: str, kind: str, start: float, end: float,
+           **extra: Any) -> Window:
+    """Cut the requests that started in [start, end) out of samples, and summarise them."""
+    inside = [s for s in samples if start <= s.start < end]
+    times = [s.ms for s in inside]
+    # Locust puts the URL in the error: drop it, so that a 502 on /tenants/1 and /tenants/2 count as one.
+    errors = Counter(f"{s.name}: {_URL_IN_ERROR.sub('', s.error)}" for s in inside if s.error)
+    seconds = max(end - start, 1e-9)
+    return Window(phase, kind, round(end - start, 1), len(inside), sum(errors.values()),
+                  round(len(inside) / seconds, 1), percentile(times, 0.5), percentile(times, 0.95),
+                  percentile(times, 0.99), dict(errors.most_common(10)), **extra)
+
+
+def in_flight_at(samples: Sequence[Sample], moment: float, name: str = "/reports/slow") -> list[Sample]:
+    """The requests (of `name`) that had started before `moment` and ended after it."""
+    return [s for s in samples if name in s.name and s.start < moment < s.start + s.ms / 1000]
+
+
+# -- traffic ------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def traffic(host: str, *, users: int, max_seconds: float) -> Iterator[Callable[[], list[Sample]]]:
+    """Locust traffic against host while the block runs; yields a function that, once the block
+    has ended, returns every request made (the traffic is stopped when the block exits)."""
+    out = Path(tempfile.mkstemp(prefix="finaiflow-load-", suffix=".jsonl")[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtests.traffic", "--host", host, "--users", str(users),
+         "--max-seconds", str(max_seconds), "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    collected: list[Sample] = []
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().strip()
+        if ready != "ready":
+            raise RuntimeError(f"the load did not start ({ready or 'exited'}): is {host} serving?")
+        yield lambda: collected
+    finally:
+        proc.send_signal(2)  # SIGINT: users finish their task, the catalogue is removed
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if out.exists():
+            collected.extend(Sample(**json.loads(line)) for line in out.read_text().splitlines() if line)
+            out.unlink()
+
+
+def current_release(base_url: str) -> str:
+    try:
+        with httpx.Client(verify=False, timeout=10) as client:
+            return str(client.get(f"{base_url}/version").json().get("release", "?"))
+    except (httpx.HTTPError, ValueError):
+        return "?"
+
+
+# -- the gate -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Gate:
+    stack: Stack
+    service: str
+    base_url: str
+    original: str
+    other: str
+    replicas: int
+    settle: float
+    marks: list[tuple[str, str, float, float, dict[str, Any]]] = field(default_factory=list)
+
+    def run(self, phase: str, kind: str, action: Callable[[], float | None]) -> None:
+        """Run one switch; record its window (start, end + settle) and what it measured."""
+        print(f"[gate] {phase} ({kind}) ...", file=sys.stderr, flush=True)
+        start = time.time()
+        switch = action()
+        end = time.time()
+        time.sleep(self.settle)
+        self.marks.append((phase, kind, start, end + self.settle,
+                           {"command_seconds": round(end - start, 2),
+                            "switch_seconds": round(switch, 2) if switch is not None else None,
+                            "release_after": current_release(self.base_url)}))
+
+    def update(self, image: str, replicas: int | None = None) -> float:
+        result = rollout.deploy(self.stack, self.service, image, replicas=replicas, backup=False,
+                                progress=_progress)
+        return result.switch_seconds
+
+    def rollback(self) -> float:
+        return rollout.rollback(self.stack, self.service, progress=_progress).switch_seconds
+
+    def runbook_update(self, image: str) -> None:
+        """The runbook's command, on nginx as the runbook configures it (`server api:8000`)."""
+        proxy = Proxy(self.stack)
+        upstream = proxy.read_upstream(self.service)
+        port = upstream.port if upstream and upstream.port else 8000
+        proxy.switch_gracefully(Upstream.of(self.service, [self.service], port))
+        time.sleep(self.settle)  # outside any window: the runbook's stack starts from rest
+        var = rollout.image_variable(self.stack, self.service)
+        rollout.compose_with(self.stack, {var: image}, "up", "-d", "--no-deps", "--scale",
+                             f"{self.service}=2", self.service, timeout=300)
+
+
+def _progress(message: str) -> None:
+    print(f"         {message}", file=sys.stderr, flush=True)
+
+
+def run_gate(args: argparse.Namespace) -> dict[str, Any]:
+    stack = Stack(Target.parse(args.target), args.project_dir)
+    base_url = args.host or stack.base_url()
+    running = [c for c in stack.containers(args.service) if c.state == "running"]
+    if not running:
+        raise SystemExit(f"gate: {args.service} has no running container in {args.project_dir}")
+    original = running[0].image
+    others = [i for i in rollout.available_images(stack, args.service) if i != original]
+    other = args.other or (others[0] if others else "")
+    if not other:
+        raise SystemExit(f"gate: no other release of {original} on {stack.target} to update to (--other)")
+    before = current_release(base_url)
+    gate = Gate(stack, args.service, base_url, original, other, len(running), args.settle)
+    print(f"[gate] {args.users} users on {base_url}; {original} -> {other} and back; rest {args.rest} s",
+          file=sys.stderr, flush=True)
+    budget = args.rest + 900.0  # the traffic stops by itself even if this process dies
+    with traffic(base_url, users=args.users, max_seconds=budget) as requests:
+        rest_start = time.time()
+        time.sleep(args.rest)
+        gate.marks.append(("rest", "rest", rest_start, time.time(), {"release_after": before}))
+        gate.run("update", "ours", lambda: gate.update(other))
+        gate.run("rollback", "ours", gate.rollback)
+        if not args.no_runbook:
+            gate.run("runbook", "runbook", lambda: gate.runbook_update(other))
+            gate.run("restore", "ours", lambda: gate.update(original, replicas=gate.replicas))
+    samples = requests()
+    windows = []
+    for phase, kind, start, end, extra in gate.marks:
+        switch = extra.get("switch_seconds")
+        slow = len(in_flight_at(samples, start + switch)) if switch is not None else 0
+        windows.append(window(samples, phase, kind, start, end, slow_in_flight=slow, **extra))
+    # Requests outside every window (setting the runbook's nginx up, the ends) count too.
+    outside = [s for s in samples if not any(start <= s.start < end for _, _, start, end, _ in gate.marks)]
+    if outside:
+        windows.append(window(outside, "between", "rest", outside[0].start, outside[-1].start + 1e-3))
+    return verdict(windows, before=before, original=original, other=other, users=args.users,
+                   max_rollback=args.max_rollback_seconds, stack=stack)
+
+
+def verdict(windows: list[Window], *, before: str, original: str, other: str, users: int,
+            max_rollback: float, stack: Stack) -> dict[str, Any]:
+    by = {w.phase: w for w in windows}
+    problems = [f"{w.phase}: {w.failures} failed request(s)" for w in windows
+                if w.kind != "runbook" and w.failures]
+    if by["update"].release_after in ("?", before):
+        problems.append(f"update: /version still says {by['update'].release_after}")
+    if by["rollback"].release_after != before:
+        problems.append(f"rollback: /version says {by['rollback'].release_after}, expected {before}")
+    rollback_seconds = by["rollback"].switch_seconds or math.inf
+    if rollback_seconds > max_rollback:
+        problems.append(f"rollback: traffic back after {rollback_seconds:.1f} s, limit {max_rollback:.0f} s")
+    ids = sorted({rollout.image_id(stack, original), rollout.image_id(stack, other)})
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "passed": not problems,
+        "problems": problems,
+        "users": users,
+        "releases": [original, other],
+        "image_ids": ids,
+        "rollback_seconds": by["rollback"].switch_seconds,
+        "rollback_command_seconds": by["rollback"].command_seconds,
+        "update_seconds": by["update"].switch_seconds,
+        "runbook_failures": by["runbook"].failures if "runbook" in by else None,
+        "windows": [asdict(w) for w in windows],
+    }
+
+
+def print_report(report: dict[str, Any], out: Path) -> None:
+    header = (f"{'phase':<9} {'kind':<8} {'window':>7} {'requests':>8} {'failed':>6} {'req/s':>6} "
+              f"{'p50':>6} {'p95':>6} {'p99':>6} {'switch':>7} {'command':>8} {'slow*':>5}  /version after")
+    print(header)
+    for w in report["windows"]:
+        switch = f"{w['switch_seconds']:.1f}s" if w["switch_seconds"] is not None else "-"
+        command = f"{w['command_seconds']:.1f}s" if w["command_seconds"] is not None else "-"
+        print(f"{w['phase']:<9} {w['kind']:<8} {w['seconds']:>6.1f}s {w['requests']:>8} {w['failures']:>6} "
+              f"{w['rps']:>6} {w['p50_ms']:>5.0f}m {w['p95_ms']:>5.0f}m {w['p99_ms']:>5.0f}m {switch:>7} "
+              f"{command:>8} {w['slow_in_flight']:>5}  {w['release_after']}")
+        for error, count in w["errors"].items():
+            print(f"          {count} x {error}")
+    print("  (m = ms; switch: from the command's start until nginx served the new containers; "
+          "slow*: 2 s reports in flight at that moment)")
+    print(f"rollback: traffic back on the previous release after {report['rollback_seconds']} s "
+          f"(command {report['rollback_command_seconds']} s)")
+    print(f"written to {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="https://127.0.0.1")
-    parser.add_argument("--users", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--out", type=Path, default=Path("reports/load.json"))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--project-dir", default=os.environ.get("FINAIFLOW_PROJECT_DIR", str(REPO / "stack")))
+    parser.add_argument("--target", default="local://")
+    parser.add_argument("--service", default="api")
+    parser.add_argument("--host", default=None, help="the HTTPS base URL [what nginx publishes]")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--rest", type=float, default=15.0, help="seconds of steady load before any switch")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds a window stays open after a switch")
+    parser.add_argument("--other", default=None, help="the release to update to [another tag of the image]")
+    parser.add_argument("--max-rollback-seconds", type=float, default=10.0)
+    parser.add_argument("--no-runbook", action="store_true", help="skip the runbook's update (the baseline)")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "load.json")
     args = parser.parse_args(argv)
-    if not 0 < args.seconds <= 600 or not 0 < args.users <= 200:
-        parser.error("--seconds must be in (0, 600] and --users in (0, 200]")
+    if not 0 < args.rest <= 600 or not 0 <= args.settle <= 60 or not 0 < args.users <= 200:
+        parser.error("--rest must be in (0, 600], --settle in [0, 60], --users in (0, 200]")
 
-    results = [run_phase(args.host, "steady", users=args.users, seconds=args.seconds)]
+    report = run_gate(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    for r in results:
-        print(f"{r.phase:>8}: {r.requests} requests, {r.failures} failed, {r.rps} req/s, "
-              f"p50 {r.p50_ms:.0f} ms, p95 {r.p95_ms:.0f} ms, p99 {r.p99_ms:.0f} ms")
-        for error, count in r.errors.items():
-            print(f"          {count} x {error}")
-    print(f"written to {args.out}")
-    failed = sum(r.failures for r in results)
-    if failed:
-        print(f"gate: FAILED ({failed} failed requests)", file=sys.stderr)
-        return 1
-    print("gate: passed (0 failed requests)")
-    return 0
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    stack = Stack(Target.parse(args.target), args.project_dir)
+    releases.write_state(stack, "loadgate.json", json.dumps(report, indent=2) + "\n")
+    print_report(report, args.out)
+    if report["passed"]:
+        print("gate: passed (0 failed requests in our phases)")
+        return 0
+    print(f"gate: FAILED: {'; '.join(report['problems'])}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

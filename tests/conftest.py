@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from finaiflow_ops import envfile
+from finaiflow_ops import envfile, staging
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
-from finaiflow_ops.tls import install_dev_certificate
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_RATE_LIMIT = 2000  # keep in step with noxfile.py
@@ -57,9 +56,10 @@ def stack(request: pytest.FixtureRequest, target: Target) -> Iterator[Stack]:
         if not target.is_local:
             pytest.fail(f"no stack on {target}; bring it up first (finaiflow-ops stack up)")
         st.up(timeout=300)
-        install_dev_certificate(st)  # what a staging gets after `stack up`: see noxfile.py
+        prepared = staging.prepare(st)  # what `stack up --staging` does, as nox -s acceptance runs it
     yield st
     if started:
+        staging.undo(st, prepared)
         Stack(target, project_dir).down(volumes=True)
 
 

@@ -26,6 +26,7 @@ for spec in ${NGINX_UPSTREAMS:-api:8000}; do
   esac
   echo "bad NGINX_UPSTREAMS entry: $spec (want service:port)" >&2; exit 2
 done
+rm -f /etc/nginx/upstreams/switching  # a deploy's "close your connections" flag dies with nginx
 
 ssl=/etc/nginx/ssl
 # `tls install` renames key.pem then cert.pem into place, keeping the old pair as *.prev. Killed

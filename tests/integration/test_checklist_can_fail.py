@@ -97,3 +97,57 @@ def test_documentation_step_fails_on_a_command_that_does_not_exist() -> None:
         commands_answer_help(staging, ["finaiflow-ops --project-dir /srv stack teleport --now"])  # type: ignore[arg-type]
     with pytest.raises(AssertionError, match="No such option"):
         commands_answer_help(staging, ["finaiflow-ops stack up --bogus"])  # type: ignore[arg-type]
+
+
+def _put_files(stack: Stack, service: str, directory: str, files: dict[str, tuple[bytes, int]]) -> None:
+    """Write files into a service's container as one tar archive (no shell, no temp files)."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    stack.container(service).put_archive(directory, buffer.getvalue())
+
+
+def test_ssl_item_fails_when_the_certificate_expires_within_14_days(stack: Stack) -> None:
+    from finaiflow_ops import tls
+    from finaiflow_ops.tls.devca import ensure_dev_ca, issue_from_dev_ca
+
+    # `tls install` refuses such a certificate, as it should: put it in place behind its back.
+    cert, key = issue_from_dev_ca(tls.configured_domains(stack.env), ca=ensure_dev_ca(), days=5)
+    _put_files(stack, "nginx", "/etc/nginx/ssl", {"cert.pem": (cert, 0o644), "key.pem": (key, 0o600)})
+    stack.exec("nginx", ["nginx", "-s", "reload"])
+    try:
+        assert_only_failing(stack, "ssl", "days left")
+    finally:
+        tls.install_dev_certificate(stack)
+
+
+def test_monitoring_item_fails_when_a_prometheus_target_is_down(stack: Stack) -> None:
+    import json
+    import time
+
+    exporter = stack.container("ops-exporter")
+    network = stack.target.docker().networks.get(f"{stack.project}_default")
+
+    def exporter_health() -> str:
+        raw = stack.exec("prometheus", ["curl", "-fsS", "http://127.0.0.1:9090/api/v1/targets?state=active"])
+        targets = json.loads(raw.stdout)["data"]["activeTargets"]
+        return next((t["health"] for t in targets if t["labels"]["job"] == "ops"), "absent")
+
+    # Cut off from the network, the exporter still runs and is healthy: only Prometheus sees it down.
+    network.disconnect(exporter)
+    try:
+        deadline = time.monotonic() + 60
+        while exporter_health() != "down" and time.monotonic() < deadline:
+            time.sleep(1)
+        assert_only_failing(stack, "monitoring", "ops")
+    finally:
+        network.connect(exporter, aliases=["ops-exporter"])
+        deadline = time.monotonic() + 60
+        while exporter_health() != "up" and time.monotonic() < deadline:
+            time.sleep(1)

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from finaiflow_ops.cli import env, harden, stack, tls
+from finaiflow_ops.cli import backup, deploy, env, harden, monitor, stack, tls
 from finaiflow_ops.cli.options import Options
 from finaiflow_ops.errors import CommandFailed, OpsError
 from finaiflow_ops.output import err
@@ -34,7 +34,8 @@ def cli(ctx: click.Context, target_url: str, project_dir: str, env_file: str | N
 
 
 # One module per command group; each registers its groups here.
-for _group in (stack.stack, env.env, tls.tls_group, harden.harden):
+for _group in (stack.stack, env.env, tls.tls_group, deploy.deploy, deploy.rollback, deploy.releases,
+               deploy.lock, monitor.check, monitor.logs, harden.harden, backup.backup, backup.restore):
     cli.add_command(_group)
 
 

@@ -18,10 +18,16 @@ def stack() -> None:
 
 @stack.command("up")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for health.")
+@click.option("--staging", is_flag=True,
+              help="Then ready it as a staging: development-CA certificate, first backup, daily backup job.")
 @pass_options
-def stack_up(opts: Options, timeout: float) -> None:
+def stack_up(opts: Options, timeout: float, staging: bool) -> None:
     """Start the stack (migrations first) and wait until every service is healthy."""
     status = opts.stack.up(timeout=timeout, progress=progress)
+    if staging:
+        from finaiflow_ops import staging as staging_setup
+
+        staging_setup.prepare(opts.stack, progress=progress)
     _print_status(opts, status)
     if not opts.json:
         https = [u for u in status.urls if u.startswith("https://")]

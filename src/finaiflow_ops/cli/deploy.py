@@ -1,0 +1,134 @@
+"""`finaiflow-ops deploy|rollback|releases|lock`: zero-downtime rollouts of a service."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from finaiflow_ops import releases as history
+from finaiflow_ops import rollout
+from finaiflow_ops.cli.options import Options, pass_options, progress
+from finaiflow_ops.output import err, out, print_json
+
+_timeouts = [
+    click.option("--health-timeout", default=rollout.HEALTH_TIMEOUT, show_default=True,
+                 type=click.FloatRange(1), help="Seconds the new containers have to become healthy."),
+    click.option("--drain-timeout", default=rollout.DRAIN_TIMEOUT, show_default=True,
+                 type=click.FloatRange(0), help="Seconds old nginx workers get to finish their requests."),
+    click.option("--no-migrate", "no_migrate", is_flag=True,
+                 help="The service has no Alembic migrations: run none, record no revision."),
+]
+
+
+def _with_timeouts(command: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed(_timeouts):
+        command = option(command)
+    return command
+
+
+@click.command()
+@click.argument("service")
+@click.option("--image", required=True, help="The image to roll out; it must be on the target already.")
+@click.option("--plan", "show_plan", is_flag=True, help="Print the steps without changing anything.")
+@click.option("--replicas", type=click.IntRange(1), default=None,
+              help="How many containers of the new release [as many as run now].")
+@click.option("--no-backup", is_flag=True, help="Skip the pre-deploy backup.")
+@_with_timeouts
+@pass_options
+def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: int | None, no_backup: bool,
+           health_timeout: float, drain_timeout: float, no_migrate: bool) -> None:
+    """Rolling update of SERVICE to IMAGE: new containers beside the old, health-gated, drained."""
+    if show_plan:
+        steps = rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
+                             migrate=not no_migrate, health_timeout=health_timeout,
+                             drain_timeout=drain_timeout)
+        if opts.json:
+            print_json(steps)
+            return
+        out.print(f"deploy {service} to {image} ({steps.replicas} container(s)) on {opts.target} would:")
+        for number, step in enumerate(steps.steps, start=1):
+            out.print(f"  {number:>2}. {step}", markup=False)
+        return
+    _print_result(opts, rollout.deploy(opts.stack, service, image, replicas=replicas, backup=not no_backup,
+                                       migrate=not no_migrate, health_timeout=health_timeout,
+                                       drain_timeout=drain_timeout, progress=progress))
+
+
+@click.command()
+@click.argument("service")
+@click.option("--to", "to", default=None,
+              help="A release id (see `releases`) or an image [the previous release].")
+@_with_timeouts
+@pass_options
+def rollback(opts: Options, service: str, to: str | None, health_timeout: float, drain_timeout: float,
+             no_migrate: bool) -> None:
+    """Back to the previous (or a named) release of SERVICE, through the same zero-downtime path."""
+    _print_result(opts, rollout.rollback(opts.stack, service, to=to, confirm=opts.confirm,
+                                         migrate=not no_migrate, health_timeout=health_timeout,
+                                         drain_timeout=drain_timeout, progress=progress))
+
+
+def _print_result(opts: Options, result: rollout.DeployResult) -> None:
+    if opts.json:
+        print_json(result)
+        return
+    if result.repaired:
+        out.print(f"repaired first: {'; '.join(result.repaired)}", markup=False)
+    before = result.previous.label if result.previous else "(none)"
+    out.print(f"{result.kind} of {result.service}: {before} -> {result.release.label}", markup=False)
+    out.print(f"  serving: {', '.join(result.containers)}; removed: {', '.join(result.retired) or 'none'}")
+    out.print(f"  traffic switched after {result.switch_seconds:.1f} s, drained in "
+              f"{result.drain_seconds:.1f} s, done in {result.total_seconds:.1f} s")
+
+
+@click.command("releases")
+@click.argument("service")
+@pass_options
+def releases(opts: Options, service: str) -> None:
+    """The release history of SERVICE, the current one marked."""
+    past = history.history(opts.stack, service)
+    if opts.json:
+        print_json(past)
+        return
+    if not past.releases:
+        out.print(f"no release of {service} recorded on {opts.target} yet")
+        return
+    table = Table(title=f"{service} releases on {opts.target}", title_justify="left")
+    for column in ("", "id", "image", "kind", "revision", "backup", "deployed", "by", "note"):
+        table.add_column(column)
+    for r in reversed(past.releases):
+        table.add_row("*" if r.id == past.current else "", str(r.id), r.image, r.kind, r.revision or "-",
+                      r.backup or "-", r.deployed_at, r.deployed_by, r.note)
+    out.print(table)
+
+
+@click.group()
+def lock() -> None:
+    """The deploy lock of the stack: who holds it; release an abandoned one."""
+
+
+@lock.command("status")
+@pass_options
+def lock_status(opts: Options) -> None:
+    """Who holds the deploy lock, since when, and whether it is abandoned."""
+    status = history.lock_status(opts.stack)
+    if opts.json:
+        print_json(status)
+    elif status.lock is None:
+        out.print(f"not locked ({status.path} on {status.target})")
+    else:
+        stale = f" [abandoned: {status.stale}]" if status.stale else ""
+        out.print(f"locked by {status.lock.describe()}{stale}", markup=False)
+
+
+@lock.command("release")
+@pass_options
+def lock_release(opts: Options) -> None:
+    """Remove the deploy lock whoever holds it (after a deploy that died)."""
+    status = history.lock_status(opts.stack)
+    if status.lock is None:
+        err.print("not locked: nothing to release")
+        return
+    opts.confirm(f"remove the deploy lock held by {status.lock.describe()}?")
+    history.release_lock(opts.stack)
+    err.print(f"released the lock of {status.lock.holder}")

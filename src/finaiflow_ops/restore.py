@@ -1,0 +1,264 @@
+"""Restoring a backup without betting the live database on it; undo; the restore drill.
+
+restore FILE:
+  1. cheap checks of the file (manifest valid, names the file, same size, pg_dump archive);
+  2. pg_restore into a NEW database while the application keeps serving from the live one; the
+     file is hashed while pg_restore reads it, so this complete read also verifies the checksum;
+  3. the checksum must match the manifest and every table's row count the manifest's counts;
+  4. a safety backup of the live database (itself a verified backup);
+  5. the swap, in a short window: the live database stops accepting connections, its sessions are
+     ended, and both renames happen in one transaction (the live one is kept as NAME_prev_STAMP);
+  6. the application's Redis cache is emptied (it still holds rows of the replaced database) and
+     the api must be healthy again.
+Any failure before step 5 drops the new database and leaves the live one untouched.
+
+restore undo puts the newest NAME_prev_* database back the same way (the one it replaces is
+kept as NAME_undone_STAMP). The drill runs steps 1 to 3 into a scratch database, then drops it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from finaiflow_ops import health
+from finaiflow_ops.backup.archive import (
+    checked_manifest,
+    compare_counts,
+    create_locked,
+    directory_lock,
+    fail,
+    stack_release,
+)
+from finaiflow_ops.backup.database import Database, quote_ident, quote_literal
+from finaiflow_ops.backup.errors import RestoreFailed
+from finaiflow_ops.backup.inventory import list_backups
+from finaiflow_ops.backup.manifest import MAGIC_BYTES, Manifest, detect_format
+from finaiflow_ops.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from finaiflow_ops.stack import Stack
+
+__all__ = ["DrillResult", "RestoreResult", "UndoResult", "drill", "restore", "restore_into", "undo"]
+
+Progress = Callable[[str], None]
+_MAX_NAME = 63  # PostgreSQL truncates longer identifiers
+# Deletes the application's cached rows; KEYS is fine for a cache of this size, and atomic.
+_FLUSH_LUA = ("local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do "
+              "redis.call('DEL', k) n = n + 1 end return n")
+_FLUSH = 'REDISCLI_AUTH="$REDIS_PASSWORD" exec redis-cli --no-auth-warning EVAL "$1" 0 "$2"'
+
+
+@dataclass(frozen=True)
+class RestoredCopy:
+    """A backup restored into a database of its own and checked against its manifest."""
+
+    file: str
+    database: str
+    manifest: Manifest
+    tables: Mapping[str, int]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """The live database replaced by a backup; the replaced one kept for undo."""
+
+    file: str
+    database: str
+    previous: str  # where the replaced database is kept: `restore undo` puts it back
+    safety_backup: str
+    tables: Mapping[str, int]
+    restore_seconds: float
+    safety_seconds: float
+    swap_seconds: float  # how long the database refused connections
+    cache_keys_flushed: int
+
+    @property
+    def rows(self) -> int:
+        return sum(self.tables.values())
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    database: str
+    restored_from: str  # the NAME_prev_* database that is live again
+    set_aside: str  # the database it replaced, kept as NAME_undone_*
+    swap_seconds: float
+    cache_keys_flushed: int
+
+
+@dataclass(frozen=True)
+class DrillResult:
+    """A backup restored into a scratch database, compared with its manifest, then dropped."""
+
+    file: str
+    scratch_database: str
+    tables: Mapping[str, int]
+    seconds: float
+    size: int
+
+    @property
+    def rows(self) -> int:
+        return sum(self.tables.values())
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.size / 1e6 / self.seconds if self.seconds else 0.0
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+
+
+def _name(db: Database, kind: str) -> str:
+    name = f"{db.name}_{kind}_{_stamp()}"
+    if len(name.encode()) > _MAX_NAME:
+        raise UsageError(f"database name {db.name!r} is too long to keep a copy beside it ({name!r})")
+    return name
+
+
+# -- into a new database --------------------------------------------------------------------------
+
+def restore_into(db: Database, path: Path, new_name: str, *,
+                 progress: Progress | None = None) -> RestoredCopy:
+    """Restore the backup at `path` into the new database `new_name` of db's server and check it.
+
+    The checksum is computed on the bytes pg_restore reads, and must match the manifest, as must
+    every table's row count. On any failure the new database is dropped.
+    """
+    say = progress or (lambda _msg: None)
+    manifest = checked_manifest(path)
+    with path.open("rb") as f:
+        fmt = detect_format(f.read(MAGIC_BYTES))
+    if not fmt.restorable:
+        fail(path, [f"format {fmt}, not a pg_dump custom archive"])
+    target = db.named(new_name)
+    clock = time.monotonic()
+    db.psql(f"CREATE DATABASE {quote_ident(new_name)} TEMPLATE template0 OWNER {quote_ident(db.user)}",
+            database="postgres", error=RestoreFailed)
+    try:
+        say(f"restoring {path.name} ({manifest.size / 1e6:.1f} MB) into the new database {new_name}")
+        fed = db.pump(["pg_restore", "-U", db.user, "-d", new_name, "--exit-on-error",
+                       "--single-transaction"], path)
+        if fed.sha256 != manifest.sha256:
+            fail(path, [f"checksum mismatch: the file's sha256 is {fed.sha256[:16]}…, "
+                        f"the manifest says {manifest.sha256[:16]}…"])
+        if not fed.ok:
+            raise RestoreFailed(db.failure(f"pg_restore into {new_name}", fed.exit_status, fed.stderr),
+                                hint="the live database was not touched")
+        tables = target.table_counts(error=RestoreFailed)
+        problems = compare_counts(manifest.tables, tables, where=new_name, source="the manifest")
+        if problems:
+            raise RestoreFailed(f"restored rows differ from the manifest: {problems[0]}",
+                                hint="the live database was not touched")
+    except BaseException:
+        drop_database(db, new_name)
+        raise
+    return RestoredCopy(str(path), new_name, manifest, tables, time.monotonic() - clock)
+
+
+def drop_database(db: Database, name: str) -> None:
+    db.psql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)", database="postgres",
+            error=RestoreFailed)
+
+
+# -- drill ------------------------------------------------------------------------------------------
+
+def drill(db: Database, path: Path | None = None, *, directory: Path,
+          progress: Progress | None = None) -> DrillResult:
+    """Restore `path` (default: the newest verified backup of db in `directory`) into a scratch
+    database, compare it with its manifest, time it, drop it."""
+    if path is None:
+        newest = list_backups(directory, database=db.name).newest_verified
+        if newest is None:
+            raise CheckFailed(f"no verified backup of {db.name} in {directory} to drill",
+                              hint="take one: finaiflow-ops backup create")
+        path = Path(newest.path)
+    scratch = _name(db, "drill")
+    copy = restore_into(db, path, scratch, progress=progress)
+    drop_database(db, scratch)
+    return DrillResult(str(path), scratch, copy.tables, copy.seconds, copy.manifest.size)
+
+
+# -- restore and undo ----------------------------------------------------------------------------------
+
+def restore(stack: Stack, path: Path, *, directory: Path, progress: Progress | None = None) -> RestoreResult:
+    """Replace the stack's live database with the backup at `path` (see the module docstring)."""
+    say = progress or (lambda _msg: None)
+    db = Database.of(stack)
+    incoming = _name(db, "restore")
+    with directory_lock(directory):
+        copy = restore_into(db, path, incoming, progress=say)
+        try:
+            say("taking a safety backup of the live database")
+            clock = time.monotonic()
+            safety = create_locked(db, directory, release=stack_release(stack), project=stack.project,
+                                   reason="pre-restore", progress=say)
+            safety_seconds = time.monotonic() - clock
+            previous = _name(db, "prev")
+            say(f"swapping: {db.name} becomes {previous}, {incoming} becomes {db.name}")
+            swap_seconds = _swap(db, incoming=incoming, outgoing=previous)
+        except BaseException:
+            drop_database(db, incoming)
+            raise
+    flushed = _after_swap(stack, say)
+    return RestoreResult(str(path), db.name, previous, safety.path, copy.tables, copy.seconds,
+                         safety_seconds, swap_seconds, flushed)
+
+
+def undo(stack: Stack, *, progress: Progress | None = None) -> UndoResult:
+    """Put back the database the newest restore replaced."""
+    say = progress or (lambda _msg: None)
+    db = Database.of(stack)
+    kept = db.databases(f"{db.name}_prev_")
+    if not kept:
+        raise UsageError(f"no previous database of {db.name} to put back ({db.where})",
+                         hint="restore undo follows a restore; see the databases with \\l in psql")
+    previous = kept[-1]  # names end in a sortable UTC stamp
+    set_aside = _name(db, "undone")
+    say(f"swapping: {db.name} becomes {set_aside}, {previous} becomes {db.name}")
+    swap_seconds = _swap(db, incoming=previous, outgoing=set_aside)
+    flushed = _after_swap(stack, say)
+    return UndoResult(db.name, previous, set_aside, swap_seconds, flushed)
+
+
+def _swap(db: Database, *, incoming: str, outgoing: str) -> float:
+    """Make `incoming` the live database and keep the live one as `outgoing`; seconds of refusal.
+
+    New connections are refused first, then the live database's sessions are ended, then both
+    renames happen in one transaction (a rename waits up to 5 s for ended sessions to exit).
+    The kept database keeps refusing connections, so nothing writes to it by mistake.
+    """
+    live = quote_ident(db.name)
+    clock = time.monotonic()
+    db.psql(f"ALTER DATABASE {live} ALLOW_CONNECTIONS false", database="postgres", error=RestoreFailed)
+    try:
+        db.psql(f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "  # noqa: S608
+                f"WHERE datname = {quote_literal(db.name)} AND pid <> pg_backend_pid()",
+                database="postgres", error=RestoreFailed)
+        db.psql(f"BEGIN; ALTER DATABASE {live} RENAME TO {quote_ident(outgoing)}; "
+                f"ALTER DATABASE {quote_ident(incoming)} RENAME TO {live}; "
+                f"ALTER DATABASE {live} ALLOW_CONNECTIONS true; COMMIT;",
+                database="postgres", error=RestoreFailed)
+    except BaseException:
+        db.psql(f"ALTER DATABASE {live} ALLOW_CONNECTIONS true", database="postgres", error=RestoreFailed)
+        raise
+    return time.monotonic() - clock
+
+
+def _after_swap(stack: Stack, say: Progress) -> int:
+    """Empty the api's Redis cache (rows of the replaced database) and wait for a healthy api."""
+    flushed = 0
+    if "redis" in stack.services():
+        prefix = stack.env.get("REDIS_CACHE_PREFIX", "finaiflow:cache:")
+        out = stack.exec("redis", ["sh", "-c", _FLUSH, "flush", _FLUSH_LUA, f"{prefix}*"]).stdout.strip()
+        flushed = int(out) if out.isdigit() else 0
+        say(f"emptied the api cache ({flushed} keys)")
+    if "api" in stack.services():
+        health.wait_healthy(stack, services=["api"], timeout=120)
+    return flushed

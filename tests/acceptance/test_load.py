@@ -1,0 +1,60 @@
+"""Checklist: load tests done (features/load.feature).
+
+The gate (`nox -s load`, loadtests/gate.py) writes its verdict to PROJECT_DIR/.finaiflow/
+loadgate.json on the target. With FINAIFLOW_RUN_LOAD=1 this scenario runs the gate first (about
+ninety seconds; it deploys and rolls back, so on a remote target only with --allow-destructive).
+Without it, a target where the gate never ran fails this item, naming how to run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_bdd import scenarios, then, when
+
+from finaiflow_ops import releases
+from tests.acceptance.conftest import Staging
+
+scenarios("load.feature")
+
+RUN_LOAD = "FINAIFLOW_RUN_LOAD"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@when("I read the zero-downtime gate's verdict on the target", target_fixture="gate")
+def gate_verdict(request: pytest.FixtureRequest, staging: Staging) -> dict[str, Any]:
+    if os.environ.get(RUN_LOAD) == "1":
+        if not staging.stack.target.is_local and not request.config.getoption("--allow-destructive"):
+            pytest.fail(f"{RUN_LOAD}=1 deploys on {staging.name}: pass --allow-destructive too")
+        subprocess.run(
+            [sys.executable, "-m", "loadtests.gate", "--target", staging.name, "--project-dir",
+             staging.stack.project_dir, "--host", staging.base_url],
+            cwd=REPO, timeout=900, check=False,
+        )
+    text = releases.read_state(staging.stack, "loadgate.json")
+    assert text, (f"{staging.name}: the zero-downtime gate never ran here: run `nox -s load` against it "
+                  f"(or this checklist with {RUN_LOAD}=1)")
+    verdict: dict[str, Any] = json.loads(text)
+    return verdict
+
+
+@then("the gate passed without a failed request during the update and the rollback")
+def gate_passed(staging: Staging, gate: dict[str, Any]) -> None:
+    ours = {w["phase"]: w for w in gate["windows"] if w["kind"] != "runbook"}
+    failed = {phase: w["failures"] for phase, w in ours.items() if w["failures"]}
+    assert gate["passed"] and not failed and {"update", "rollback"} <= ours.keys(), (
+        f"{staging.name}: the gate of {gate['time']} did not pass: {'; '.join(gate['problems']) or failed}")
+
+
+@then("it covered the api release that runs now")
+def covers_running_release(staging: Staging, gate: dict[str, Any]) -> None:
+    running = {c.image_id for c in staging.stack.containers("api") if c.state == "running"}
+    images = sorted({c.image for c in staging.stack.containers("api")})
+    assert running and running <= set(gate["image_ids"]), (
+        f"{staging.name}: the gate of {gate['time']} covered {gate['releases']}; the api runs {images}")

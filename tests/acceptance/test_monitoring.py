@@ -1,0 +1,47 @@
+"""Checklist: monitoring active (features/monitoring.feature)."""
+
+from __future__ import annotations
+
+import pytest
+from pytest_bdd import parsers, scenarios, then
+
+from finaiflow_ops import monitoring
+from finaiflow_ops.monitoring import MonitoringStatus, Prometheus
+from tests.acceptance.conftest import Staging
+
+scenarios("monitoring.feature")
+
+JOBS = {"the api": "api", "the ops exporter": "ops"}
+
+
+@pytest.fixture
+def prometheus_view(staging: Staging) -> MonitoringStatus:
+    return monitoring.status(staging.stack, scraped_within=30)
+
+
+@then("Prometheus reports every target up, the api, the ops exporter and itself included")
+def every_target_up(staging: Staging, prometheus_view: MonitoringStatus) -> None:
+    problems = [*prometheus_view.targets_down, *(f"no {job} target" for job in prometheus_view.missing_jobs)]
+    assert not problems, f"{staging.name}: Prometheus targets not up: {'; '.join(problems)}"
+
+
+@then("Prometheus has loaded every required alert rule and evaluates them without error")
+def rules_loaded(staging: Staging, prometheus_view: MonitoringStatus) -> None:
+    assert not prometheus_view.missing_rules, (
+        f"{staging.name}: alert rules not loaded: {', '.join(prometheus_view.missing_rules)}")
+    assert not prometheus_view.broken_rules, (
+        f"{staging.name}: alert rules failing to evaluate: {'; '.join(prometheus_view.broken_rules)}")
+
+
+@then("no critical alert is firing")
+def no_critical_alert(staging: Staging, prometheus_view: MonitoringStatus) -> None:
+    firing = [f"{a.name} ({a.summary})" for a in prometheus_view.firing("critical")]
+    assert not firing, f"{staging.name}: critical alerts firing: {'; '.join(firing)}"
+
+
+@then(parsers.parse('Prometheus scraped "{series}" from {source} within the last minute'))
+def series_fresh(staging: Staging, series: str, source: str) -> None:
+    selector = f'{series}{{job="{JOBS[source]}"}}'
+    age = Prometheus.of(staging.stack).value(f"min(time() - timestamp({selector}))")
+    assert age is not None and age < monitoring.FRESH_SECONDS, (
+        f"{staging.name}: {selector} " + ("absent" if age is None else f"last scraped {age:.0f} s ago"))

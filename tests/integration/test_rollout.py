@@ -1,0 +1,395 @@
+"""Rolling update and rollback on the reference stack, under locust traffic through nginx.
+
+Every test starts from whatever release the stack runs, uses another release on the engine (or
+one it builds), and the module leaves the stack as it found it: same release, same number of
+containers, nginx on `server api:8000`, the lock free. Traffic is the locustfile's personas in a
+process of their own (loadtests/traffic.py); a failed request is any non-2xx or connection error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from finaiflow_ops import envfile, releases, rollout
+from finaiflow_ops.errors import UsageError
+from finaiflow_ops.proxy import Proxy, Upstream
+from finaiflow_ops.rollout import DeployFailed
+from finaiflow_ops.stack import Stack
+from finaiflow_ops.target import Target
+from tests.rollout_support import (
+    BROKEN,
+    FAILING_MIGRATION,
+    NOTE_MIGRATION,
+    SERVICE,
+    assert_settled,
+    built,
+    failures,
+    image_version,
+    put_back_afterwards,
+    serving,
+    traffic,
+    version,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.destructive]
+USERS = 6
+
+
+def cli(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "finaiflow_ops.cli", "--target", str(stack.target), "--project-dir",
+         stack.project_dir, *args],
+        capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+    )
+
+
+def cli_process(stack: Stack, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "finaiflow_ops.cli", "--target", str(stack.target), "--project-dir",
+         stack.project_dir, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def audit_tail(stack: Stack) -> dict[str, object]:
+    text = releases.read_state(stack, "audit.log") or ""
+    return dict(json.loads(text.strip().splitlines()[-1]))
+
+
+@dataclass(frozen=True)
+class Found:
+    """The release the stack ran when the module started, and how many containers."""
+
+    image: str
+    replicas: int
+    version: str
+
+
+@pytest.fixture(scope="module")
+def found(request: pytest.FixtureRequest, stack: Stack, base_url: str) -> Iterator[Found]:
+    with put_back_afterwards(request, stack) as running:
+        yield Found(running[0].image, len(running), version(base_url))
+    # And nginx on the entrypoint's `server api:8000`, as a fresh stack has it.
+    proxy = Proxy(stack)
+    port = (proxy.read_upstream(SERVICE) or Upstream(SERVICE, ("api:8000",))).port or 8000
+    proxy.switch_gracefully(Upstream.of(SERVICE, [SERVICE], port))
+
+
+@pytest.fixture(scope="module")
+def other(stack: Stack, found: Found) -> str:
+    others = [i for i in rollout.available_images(stack, SERVICE) if i != found.image]
+    assert others, f"no other release of {found.image} on {stack.target} (scripts/provision builds two)"
+    return others[0]
+
+
+def on_release(stack: Stack, image: str, replicas: int = 1) -> None:
+    """Be on `image` (quietly, without load) before a test starts from it."""
+    running = serving(stack)
+    if {c.image for c in running} != {image} or len(running) != replicas:
+        rollout.deploy(stack, SERVICE, image, replicas=replicas, backup=False)
+
+
+# -- update and rollback under load ---------------------------------------------------------------------
+
+
+def test_update_under_load_switches_version_without_a_failed_request(
+        stack: Stack, base_url: str, found: Found, other: str) -> None:
+    on_release(stack, found.image, found.replicas)
+    slow: dict[str, object] = {}
+
+    def long_request() -> None:
+        with httpx.Client(verify=False, timeout=30) as client:
+            slow["response"] = client.get(f"{base_url}/api/v1/reports/slow?seconds=5")
+
+    def connection_header() -> str:
+        with httpx.Client(verify=False, timeout=10) as client:
+            return ", ".join(client.get(f"{base_url}/health").headers.get_list("connection"))
+
+    def progress(message: str) -> None:
+        if "Docker health" in message and "during" not in slow:
+            slow["during"] = connection_header()  # HTTP/1.1 clients are told to reconnect now
+        # Started once the new containers passed the gate: in flight when nginx switches.
+        if "answered 200" in message and "thread" not in slow:
+            slow["thread"] = threading.Thread(target=long_request)
+            slow["thread"].start()  # type: ignore[attr-defined]
+
+    backups = Path(stack.project_dir) / "backups"
+    had = set(backups.iterdir()) if backups.exists() else None
+    try:
+        with traffic(base_url, users=USERS, max_seconds=180) as requests:
+            # Backups run on the database host: this one only where the test runs there.
+            result = rollout.deploy(stack, SERVICE, other, backup=stack.target.is_local, progress=progress)
+            time.sleep(1)
+    finally:
+        if stack.target.is_local and backups.exists():  # the pre-deploy backup is the test's: remove it
+            for made in set(backups.iterdir()) - (had or set()):
+                made.unlink()
+            if had is None:
+                backups.rmdir()
+    if stack.target.is_local:
+        assert result.release.backup and result.release.backup.endswith(".dump"), result.release
+    slow["thread"].join(timeout=30)  # type: ignore[attr-defined]
+    assert failures(requests()) == [], f"{len(requests())} requests during the update"
+    assert len(requests()) > 100
+    assert version(base_url) == image_version(stack, other)
+    response = slow["response"]
+    assert isinstance(response, httpx.Response) and response.status_code == 200, response
+    assert response.json()["release"] == found.version, "the long request did not end on the old release"
+    assert result.drain_seconds >= 2, f"the drain did not wait for the long request: {result.phases}"
+    assert "close" in str(slow["during"]) and "close" not in connection_header(), slow["during"]
+    assert_settled(stack, other, found.replicas)
+    # What `stack up` does later must keep this release and these containers (no recreation).
+    ids = [c.id for c in serving(stack)]
+    stack.compose("up", "--detach", "--no-build", "--pull", "never", SERVICE)
+    assert [c.id for c in serving(stack)] == ids, "a later `compose up` recreated the new containers"
+    assert (result.release.image, result.release.kind) == (other, "deploy")
+    assert result.previous is not None and result.previous.image == found.image
+    assert result.release.revision == "0001_initial" and "0001_initial" in result.release.revisions
+    history = releases.history(stack, SERVICE)
+    assert history.current == result.release.id
+    assert audit_tail(stack)["action"] == "deploy"
+
+
+def test_rollback_under_load_returns_to_the_previous_release_in_seconds(
+        stack: Stack, base_url: str, found: Found, other: str) -> None:
+    on_release(stack, found.image, found.replicas)
+    rollout.deploy(stack, SERVICE, other, replicas=2, backup=False)  # N = 2: two old, two new
+    with traffic(base_url, users=USERS, max_seconds=180) as requests:
+        result = rollout.rollback(stack, SERVICE)
+        time.sleep(1)
+    assert failures(requests()) == []
+    assert version(base_url) == found.version
+    assert result.switch_seconds < 10, f"traffic back only after {result.switch_seconds} s: {result.phases}"
+    assert_settled(stack, found.image, 2)
+    assert (result.release.image, result.release.kind) == (found.image, "rollback")
+    assert len(result.retired) == 2 and len(result.containers) == 2
+
+
+# -- automatic rollback -----------------------------------------------------------------------------------
+
+EXPECTED_REASON = {
+    "exits-at-start": "exit",
+    "never-healthy": "unhealthy",
+    "healthy-in-docker-but-503": "/health 503",
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+def test_a_broken_release_is_removed_and_traffic_stays_on_the_current_one(
+        stack: Stack, base_url: str, found: Found, kind: str) -> None:
+    on_release(stack, found.image, found.replicas)
+    before = serving(stack)
+    with (built(stack, f"finaiflow/api:broken-{kind}", found.image, BROKEN[kind]) as image,
+          traffic(base_url, users=4, max_seconds=180) as requests):
+        result = cli(stack, "deploy", SERVICE, "--image", image, "--no-backup", "--health-timeout", "12")
+    assert result.returncode == 1, result.stderr
+    line = last_line(result)
+    assert line.startswith("error: ") and EXPECTED_REASON[kind] in line, result.stderr
+    assert f"traffic stayed on {found.image}" in line
+    if kind == "exits-at-start":
+        assert "boom: refusing to start" in result.stderr, "the log tail of the failed container is missing"
+    assert failures(requests()) == []
+    assert [c.id for c in serving(stack)] == [c.id for c in before], "the serving containers were touched"
+    assert version(base_url) == found.version
+    assert_settled(stack, found.image, found.replicas)
+    assert audit_tail(stack)["action"] == "deploy-failed"
+
+
+def test_a_failing_migration_stops_the_deploy_before_any_new_container(
+        stack: Stack, base_url: str, found: Found) -> None:
+    on_release(stack, found.image, found.replicas)
+    before = serving(stack)
+    files = {"migrations/versions/0002_fails.py": FAILING_MIGRATION}
+    with (built(stack, "finaiflow/api:broken-migration", found.image, [], files) as image,
+          pytest.raises(DeployFailed) as failed):
+        rollout.deploy(stack, SERVICE, image, backup=False)
+    assert "migration boom" in failed.value.output_tail
+    assert [c.id for c in serving(stack)] == [c.id for c in before]
+    assert stack.psql("SELECT version_num FROM alembic_version") == [["0001_initial"]]
+    assert version(base_url) == found.version
+
+
+# -- lock, crashes ----------------------------------------------------------------------------------------
+
+
+def test_a_second_deploy_fails_fast_naming_who_holds_the_lock(stack: Stack, found: Found, other: str) -> None:
+    on_release(stack, found.image, found.replicas)
+    first = cli_process(stack, "deploy", SERVICE, "--image", other, "--no-backup")
+    try:
+        wait_until(lambda: releases.lock_status(stack).lock is not None, timeout=30, what="the first lock")
+        started = time.monotonic()
+        second = cli(stack, "deploy", SERVICE, "--image", found.image, "--no-backup")
+        elapsed = time.monotonic() - started
+        assert second.returncode == 1, second.stderr
+        assert "is locked by" in last_line(second) and f"(pid {first.pid})" in last_line(second)
+        assert elapsed < 10, f"the second deploy took {elapsed:.1f} s to refuse"
+    finally:
+        _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err
+    assert_settled(stack, other, found.replicas)
+
+
+def test_lock_status_and_release_from_the_command_line(stack: Stack, found: Found) -> None:
+    lock = releases.acquire(stack, "held by the test")
+    try:
+        status = cli(stack, "--json", "lock", "status")
+        assert status.returncode == 0
+        held = json.loads(status.stdout)
+        assert held["held"] is True and held["lock"]["pid"] == os.getpid() and held["stale"] == ""
+        assert lock.token not in status.stdout
+        refused = cli(stack, "lock", "release")
+        assert refused.returncode == 2 and "pass --yes" in last_line(refused)
+        assert cli(stack, "--yes", "lock", "release").returncode == 0
+        assert releases.lock_status(stack).lock is None
+    finally:
+        releases.release(stack, lock)
+
+
+# The progress line after which each phase is under way, and the command that must repair it.
+# After scale-up, the killed deploy is a redeploy of the running image on nginx's `server api:8000`:
+# the hardest case to tell old from new (same image, no names in the upstream).
+KILL_AT = {
+    "before-scale-up": ("running migrations", "deploy"),
+    "after-scale-up": ("Docker health starting", "deploy"),
+    "after-nginx-switch": ("traffic on", "rollback"),
+    "during-old-container-stop": ("stopping", "rollback"),
+}
+
+
+@pytest.mark.parametrize("phase", list(KILL_AT))
+def test_a_deploy_killed_at_any_phase_is_repaired_by_the_next_command(
+        stack: Stack, base_url: str, found: Found, other: str, phase: str) -> None:
+    marker, repair = KILL_AT[phase]
+    on_release(stack, found.image, found.replicas)
+    killed = other
+    if phase == "after-scale-up":
+        killed = found.image
+        Proxy(stack).switch_gracefully(Upstream.of(SERVICE, [SERVICE], 8000))
+    with traffic(base_url, users=4, max_seconds=240) as requests:
+        proc = cli_process(stack, "deploy", SERVICE, "--image", killed, "--no-backup")
+        seen = []
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:  # progress lines, as they come
+            seen.append(line.strip())
+            if marker in line or time.monotonic() > deadline:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert marker in seen[-1], f"never reached {marker!r}: {seen}"
+        assert releases.lock_status(stack).stale, "the killed deploy should have left its lock behind"
+        if repair == "deploy":
+            result = rollout.deploy(stack, SERVICE, other, backup=False)
+            expected = other
+        else:
+            result = rollout.rollback(stack, SERVICE)
+            expected = found.image
+        time.sleep(1)
+    assert failures(requests()) == []
+    assert_settled(stack, expected, found.replicas)
+    assert version(base_url) == image_version(stack, expected)
+    if phase != "before-scale-up":
+        assert result.repaired, f"nothing was repaired after a kill {phase}"
+
+
+def test_rolling_back_across_a_migration_the_older_release_does_not_know_needs_yes(
+        stack: Stack, base_url: str, found: Found) -> None:
+    on_release(stack, found.image, found.replicas)
+    newer = "finaiflow/api:1.2.0-test"
+    lines = ["ENV RELEASE=1.2.0-test", "LABEL org.opencontainers.image.version=1.2.0-test"]
+    with built(stack, newer, found.image, lines, {"migrations/versions/0002_tenant_note.py": NOTE_MIGRATION}):
+        try:
+            rollout.deploy(stack, SERVICE, newer, backup=False)
+            assert stack.psql("SELECT version_num FROM alembic_version") == [["0002_tenant_note"]]
+            refused = cli(stack, "rollback", SERVICE)
+            assert refused.returncode == 2, refused.stderr
+            assert "0002_tenant_note" in last_line(refused) and "pass --yes" in last_line(refused)
+            assert_settled(stack, newer, found.replicas)
+            asked: list[str] = []
+            result = rollout.rollback(stack, SERVICE, confirm=asked.append)
+            assert asked and "0002_tenant_note" in asked[0]
+            assert result.release.image == found.image
+            assert version(base_url) == found.version  # the older release runs on the newer schema
+        finally:
+            # Put the schema back with the release that knows the migration, before its image goes.
+            rollout.compose_with(stack, {rollout.image_variable(stack, SERVICE): newer}, "run", "--rm",
+                                 "--no-deps", "-T", SERVICE, "alembic", "downgrade", "0001_initial")
+            if {c.image for c in serving(stack)} != {found.image}:
+                rollout.deploy(stack, SERVICE, found.image, replicas=found.replicas, backup=False)
+    assert stack.psql("SELECT version_num FROM alembic_version") == [["0001_initial"]]
+
+
+# -- read commands and bad input ------------------------------------------------------------------------
+
+
+def test_plan_lists_the_steps_and_changes_nothing(stack: Stack, found: Found, other: str) -> None:
+    before = (stack.containers(SERVICE), Proxy(stack).read_upstream(SERVICE),
+              releases.read_state(stack, "releases.json"), stack.target.read_text(stack.env_path))
+    result = cli(stack, "--json", "deploy", SERVICE, "--image", other, "--plan")
+    assert result.returncode == 0, result.stderr
+    steps = json.loads(result.stdout)["steps"]
+    assert any("alembic upgrade head" in s for s in steps) and any("nginx -t" in s for s in steps)
+    after = (stack.containers(SERVICE), Proxy(stack).read_upstream(SERVICE),
+             releases.read_state(stack, "releases.json"), stack.target.read_text(stack.env_path))
+    assert after == before
+
+
+def test_releases_lists_the_history_with_the_current_one_marked(stack: Stack, found: Found) -> None:
+    result = cli(stack, "--json", "releases", SERVICE)
+    assert result.returncode == 0, result.stderr
+    history = json.loads(result.stdout)
+    assert history["service"] == SERVICE and history["releases"]
+    current = [r for r in history["releases"] if r["id"] == history["current"]]
+    assert current and current[0]["image_id"].startswith("sha256:")
+    assert all(len(r["config_hash"]) == 16 for r in history["releases"])
+    table = cli(stack, "releases", SERVICE)
+    assert table.returncode == 0 and "*" in table.stdout
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("deploy", SERVICE, "--image", "finaiflow/api:no-such-release"), "is not on"),
+    (("deploy", "no-such-service", "--image", "finaiflow/api:1.0.0"), "no service 'no-such-service'"),
+    (("rollback", SERVICE, "--to", "99999"), "no release '99999'"),
+])
+def test_bad_input_is_one_clear_error_and_exit_2(stack: Stack, found: Found, args: tuple[str, ...],
+                                                 expected: str) -> None:
+    before = [c.id for c in stack.containers(SERVICE)]
+    result = cli(stack, *args)
+    assert result.returncode == 2, result.stderr
+    assert expected in last_line(result) and last_line(result).startswith("error: ")
+    assert [c.id for c in stack.containers(SERVICE)] == before
+    assert releases.lock_status(stack).lock is None
+
+
+def test_set_env_value_edits_one_line_and_keeps_the_mode(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("# comment\nSECRET_KEY='a b#c'\nexport API_IMAGE=finaiflow/api:1.0.0\nOTHER=1\n")
+    env.chmod(0o600)
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    st = Stack(Target.parse("local://"), str(tmp_path))
+    assert rollout.set_env_value(st, "API_IMAGE", "finaiflow/api:1.1.0") is True
+    assert env.read_text() == "# comment\nSECRET_KEY='a b#c'\nAPI_IMAGE=finaiflow/api:1.1.0\nOTHER=1\n"
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert rollout.set_env_value(st, "API_IMAGE", "finaiflow/api:1.1.0") is False
+    assert rollout.set_env_value(st, "NEW_IMAGE", "x/y:2") is True
+    assert envfile.parse(env.read_text())["NEW_IMAGE"] == "x/y:2"
+    with pytest.raises(UsageError):
+        rollout.set_env_value(st, "API_IMAGE", "evil|value")
