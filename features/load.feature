@@ -3,7 +3,7 @@ Feature: Load tests done
   The runbook's checklist item "Tests de charge effectués". Here it means the zero-downtime gate
   (`nox -s load`: locust traffic through nginx during a rolling update, a rollback, and the
   runbook's own `--scale api=2` update measured beside them) passed for the release the target
-  runs now. The gate writes its verdict on the target; with FINAIFLOW_RUN_LOAD=1 the scenario
+  runs now. The gate writes its verdict on the target; with --run-load the scenario
   runs the gate first (it changes the target: local stack, or --allow-destructive).
 
   Scenario: The zero-downtime gate passed for the deployed release

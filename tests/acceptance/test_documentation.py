@@ -58,7 +58,7 @@ def commands_answer_help(staging: Staging, runbook_commands: list[str]) -> None:
         # The whole line with --help: click prints help only if every option shown exists.
         result = subprocess.run([sys.executable, "-m", "finaiflow_ops.cli", *shlex.split(line)[1:], "--help"],
                                 capture_output=True, text=True, timeout=60, check=False)
-        if result.returncode != 0 or f"{path[-1]} [OPTIONS]" not in result.stdout:
+        if result.returncode != 0 or not result.stdout.startswith(f"Usage: finaiflow-ops {' '.join(path)}"):
             error = (result.stderr.strip().splitlines() or ["no help printed"])[-1]
             broken.append(f"`{line} --help`: exit {result.returncode}: {error}")
     assert not broken, f"{staging.name}: the runbook shows commands that do not exist: {'; '.join(broken)}"

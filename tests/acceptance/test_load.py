@@ -1,15 +1,14 @@
 """Checklist: load tests done (features/load.feature).
 
 The gate (`nox -s load`, loadtests/gate.py) writes its verdict to PROJECT_DIR/.finaiflow/
-loadgate.json on the target. With FINAIFLOW_RUN_LOAD=1 this scenario runs the gate first (about
-ninety seconds; it deploys and rolls back, so on a remote target only with --allow-destructive).
+loadgate.json on the target. With --run-load this scenario runs the gate first (about ninety
+seconds; it deploys and rolls back, so on a remote target only with --allow-destructive).
 Without it, a target where the gate never ran fails this item, naming how to run it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +22,14 @@ from tests.acceptance.conftest import Staging
 
 scenarios("load.feature")
 
-RUN_LOAD = "FINAIFLOW_RUN_LOAD"
 REPO = Path(__file__).resolve().parents[2]
 
 
 @when("I read the zero-downtime gate's verdict on the target", target_fixture="gate")
 def gate_verdict(request: pytest.FixtureRequest, staging: Staging) -> dict[str, Any]:
-    if os.environ.get(RUN_LOAD) == "1":
+    if request.config.getoption("--run-load"):
         if not staging.stack.target.is_local and not request.config.getoption("--allow-destructive"):
-            pytest.fail(f"{RUN_LOAD}=1 deploys on {staging.name}: pass --allow-destructive too")
+            pytest.fail(f"--run-load deploys on {staging.name}: pass --allow-destructive too")
         subprocess.run(
             [sys.executable, "-m", "loadtests.gate", "--target", staging.name, "--project-dir",
              staging.stack.project_dir, "--host", staging.base_url],
@@ -39,7 +37,7 @@ def gate_verdict(request: pytest.FixtureRequest, staging: Staging) -> dict[str, 
         )
     text = releases.read_state(staging.stack, "loadgate.json")
     assert text, (f"{staging.name}: the zero-downtime gate never ran here: run `nox -s load` against it "
-                  f"(or this checklist with {RUN_LOAD}=1)")
+                  f"(or this checklist with --run-load)")
     verdict: dict[str, Any] = json.loads(text)
     return verdict
 
