@@ -26,6 +26,7 @@ from finaiflow_ops.backup.manifest import manifest_path
 from finaiflow_ops.errors import CommandFailed
 from finaiflow_ops.health import wait_healthy
 from finaiflow_ops.monitoring import Prometheus
+from finaiflow_ops.proxy import Proxy
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.tls.check import served_certificate
 from tests.integration.test_stack import cli, wait_for
@@ -155,6 +156,9 @@ def test_a_restarted_api_container_shows_a_new_start_under_the_same_name(stack: 
         assert exporter_value(prom, f"changes({series}[15m])") == starts + 1
     finally:
         wait_healthy(stack, services=["api"], timeout=90)
+        # The restarted container may come back at another address, and nginx 1.22 resolves its
+        # upstream names only when it (re)loads: a restart needs a reload (docs/rollout.md).
+        Proxy(stack).reload()
 
 
 def test_ops_exporter_has_no_capability_and_mounts_everything_read_only(stack: Stack) -> None:
