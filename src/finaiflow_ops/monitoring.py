@@ -56,6 +56,7 @@ REQUIRED_SERIES = {
     "nginx (through the ops exporter)": 'nginx_connections_accepted_total{job="ops"}',
 }
 FRESH_SECONDS = 60.0  # six scrape intervals
+SETTLE_SECONDS = 30.0  # DNS discovery refresh (10 s) + a scrape (10 s), with slack
 BACKUP_MAX_AGE_HOURS = 26.0  # a daily backup, plus two hours of slack
 CERT_MIN_DAYS = 14  # as the ssl checklist item: renewal (at 30 days left) is failing by then
 # The services people know by another name, so a failure names what they look for.
@@ -352,13 +353,20 @@ def _health(base: str) -> tuple[Status, str]:
     return "fail", detail + (f" ({body['error']})" if body.get("error") else "")
 
 
-def _metrics(prom: Prometheus) -> tuple[Status, str]:
+def _metrics(prom: Prometheus, *, settle: float = SETTLE_SECONDS) -> tuple[Status, str]:
     # The freshest series counts: a replica replaced by a rolling update leaves its series behind
-    # for Prometheus' 5 minute look-back, and they prove nothing about scraping now.
-    ages = {what: prom.value(f"min(time() - timestamp({series}))")
-            for what, series in REQUIRED_SERIES.items()}
-    stale = [f"{what} {'absent' if age is None else f'{age:.0f} s old'}"
-             for what, age in ages.items() if age is None or age > FRESH_SECONDS]
+    # for Prometheus' 5 minute look-back, and they prove nothing about scraping now. A container
+    # just replaced or restarted is found by DNS discovery and scraped within ~20 s: wait that long
+    # (bounded) before calling its metrics missing, so `check` right after a deploy is not fooled.
+    deadline = time.monotonic() + settle
+    while True:
+        ages = {what: prom.value(f"min(time() - timestamp({series}))")
+                for what, series in REQUIRED_SERIES.items()}
+        stale = [f"{what} {'absent' if age is None else f'{age:.0f} s old'}"
+                 for what, age in ages.items() if age is None or age > FRESH_SECONDS]
+        if not stale or time.monotonic() >= deadline:
+            break
+        time.sleep(2)
     if stale:
         return "fail", "not scraped: " + ", ".join(stale)
     return "ok", f"{', '.join(ages)} metrics scraped within {max(a or 0 for a in ages.values()):.0f} s"
