@@ -669,6 +669,12 @@ def _is_port(value: str) -> bool:
 # Redact
 
 
+def is_secret(key: str, value: str) -> bool:
+    """Whether the variable holds a secret: by its name, or a URL with a password in it."""
+    return bool(value) and (bool(_SECRET_NAME_RE.search(key))
+                            or bool(_URL_NAME_RE.search(key) and _url_password(value)))
+
+
 def redact(text: str, env: Mapping[str, str]) -> str:
     """Replace every secret value of env found in text with ***."""
     found: set[str] = set()

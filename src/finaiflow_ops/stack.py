@@ -1,7 +1,10 @@
 """The compose project on a target: its files, services, containers and compose calls.
 
 Compose stays the owner of every container (labels, names, `docker compose ps`); this module
-reads containers through the Docker engine and changes them through the compose CLI.
+reads containers through the Docker engine and changes them through the compose CLI. When the
+target's engine is a swarm manager running (or about to run) the project as a swarm stack,
+`up`, `down`, `status` and `base_url` go to finaiflow_ops.swarm instead (the `swarm` property),
+and the containers of the swarm's tasks on this engine are found like compose's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from finaiflow_ops.target import CommandResult, Target
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
+    from finaiflow_ops.swarm.cluster import Swarm
+
 __all__ = ["ContainerInfo", "ServiceStatus", "Stack", "StackStatus"]
 
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
@@ -28,6 +33,9 @@ DEFAULT_PROJECT = "finaiflow"
 _PROJECT_LABEL = "com.docker.compose.project"
 _SERVICE_LABEL = "com.docker.compose.service"
 _ONEOFF_LABEL = "com.docker.compose.oneoff"
+_STACK_LABEL = "com.docker.stack.namespace"
+_SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"
+BACKENDS = ("auto", "compose", "swarm")
 
 Progress = Callable[[str], None]
 
@@ -61,7 +69,8 @@ class ContainerInfo:
         return cls(
             name=c.name or "",
             id=c.id[:12] if c.id else "",
-            service=c.labels.get(_SERVICE_LABEL, ""),
+            service=c.labels.get(_SERVICE_LABEL)
+            or c.labels.get(_SWARM_SERVICE_LABEL, "").removeprefix(c.labels.get(_STACK_LABEL, "") + "_"),
             image=attrs["Config"]["Image"],
             image_id=attrs["Image"],
             state=state["Status"],
@@ -104,6 +113,7 @@ class Stack:
     project_dir: str
     compose_file: str | None = None  # default: the first of COMPOSE_FILES present
     env_file: str | None = None  # default: PROJECT_DIR/.env
+    backend: str = "auto"  # compose | swarm | auto: what the target runs, else swarm on a swarm manager
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -185,15 +195,52 @@ class Stack:
         """The services `service` depends on."""
         return sorted((self.config["services"].get(service, {}).get("depends_on") or {}).keys())
 
+    # -- backend --------------------------------------------------------------------------------
+
+    @cached_property
+    def swarm(self) -> Swarm | None:
+        """The swarm backend when the project runs (or is to run) as a swarm stack, else None.
+
+        auto: a swarm stack of this project on the target wins, then compose containers of it;
+        with neither, a swarm manager engine with swarm.yaml in the project directory means swarm.
+        """
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
+        if self.backend == "compose":
+            return None
+        from finaiflow_ops.swarm.cluster import SWARM_FILE, Swarm, engine_state
+
+        swarm = Swarm(self)
+        if self.backend == "swarm":
+            swarm.require_manager()
+            return swarm
+        if not engine_state(self)[1]:
+            return None
+        if swarm.services():
+            return swarm
+        if self._compose_containers(None, all=True):
+            return None
+        return swarm if self.target.exists(posixpath.join(self.project_dir, SWARM_FILE)) else None
+
     # -- containers -----------------------------------------------------------------------------
 
     def containers(self, service: str | None = None, *, all: bool = True) -> list[ContainerInfo]:
-        """The project's containers (one-off `compose run` containers excluded), by service and name."""
+        """The project's containers (one-off `compose run` containers excluded), by service and name;
+        on a swarm, the containers of its tasks that run on this engine."""
+        found = self._compose_containers(service, all=all)
+        if not found and self.swarm is not None:
+            labels = [f"{_STACK_LABEL}={self.project}"]
+            if service:
+                labels.append(f"{_SWARM_SERVICE_LABEL}={self.project}_{service}")
+            found = self.target.docker().containers.list(all=all, filters={"label": labels})
+        return sorted((ContainerInfo.from_container(c) for c in found), key=lambda c: (c.service, c.name))
+
+    def _compose_containers(self, service: str | None, *, all: bool) -> list[Container]:
         labels = [f"{_PROJECT_LABEL}={self.project}", f"{_ONEOFF_LABEL}=False"]
         if service:
             labels.append(f"{_SERVICE_LABEL}={service}")
-        found = self.target.docker().containers.list(all=all, filters={"label": labels})
-        return sorted((ContainerInfo.from_container(c) for c in found), key=lambda c: (c.service, c.name))
+        found: list[Container] = self.target.docker().containers.list(all=all, filters={"label": labels})
+        return found
 
     def container(self, service: str) -> Container:
         """A running container of `service` (the first by name)."""
@@ -232,6 +279,8 @@ class Stack:
     # -- state ----------------------------------------------------------------------------------
 
     def status(self) -> StackStatus:
+        if self.swarm is not None:
+            return self.swarm.status()
         by_service: dict[str, list[ContainerInfo]] = {name: [] for name in self.services()}
         for c in self.containers():
             by_service.setdefault(c.service, []).append(c)
@@ -297,6 +346,8 @@ class Stack:
         """
         from finaiflow_ops import health
 
+        if self.swarm is not None:
+            return self.swarm.up(timeout=timeout, progress=progress)
         say = progress or (lambda _msg: None)
         missing = self.missing_images()
         if missing:
@@ -318,4 +369,7 @@ class Stack:
 
     def down(self, *, volumes: bool = False) -> None:
         """Stop and remove the stack's containers and network; `volumes` also deletes its data."""
+        if self.swarm is not None:
+            self.swarm.down(volumes=volumes)
+            return
         self.compose("down", "--remove-orphans", *(["--volumes"] if volumes else []))

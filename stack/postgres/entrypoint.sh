@@ -3,6 +3,10 @@
 set -eu
 
 : "${POSTGRES_USER:=postgres}"
+# POSTGRES_PASSWORD_FILE: the password in a file (a Docker secret), as the official image does.
+if [ -z "${POSTGRES_PASSWORD:-}" ] && [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
 : "${POSTGRES_DB:=$POSTGRES_USER}"
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then

@@ -1,6 +1,10 @@
 #!/bin/sh
 # Writes the password into a private config file (not argv, which `ps` shows), then runs redis.
 set -eu
+# REDIS_PASSWORD_FILE: the password in a file (a Docker secret), as the official images do.
+if [ -z "${REDIS_PASSWORD:-}" ] && [ -n "${REDIS_PASSWORD_FILE:-}" ]; then
+  REDIS_PASSWORD=$(cat "$REDIS_PASSWORD_FILE")
+fi
 if [ -z "${REDIS_PASSWORD:-}" ]; then
   echo "redis: REDIS_PASSWORD is not set; set it in .env (finaiflow-ops env generate)" >&2
   exit 2

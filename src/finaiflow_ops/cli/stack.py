@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 from rich.table import Table
 
 from finaiflow_ops.cli.options import Options, pass_options, progress
 from finaiflow_ops.errors import CheckFailed
 from finaiflow_ops.output import err, out, print_json
-from finaiflow_ops.stack import StackStatus
+from finaiflow_ops.stack import BACKENDS, StackStatus
 
 
 @click.group()
@@ -20,14 +22,17 @@ def stack() -> None:
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for health.")
 @click.option("--staging", is_flag=True,
               help="Then ready it as a staging: development-CA certificate, first backup, daily backup job.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="compose or swarm; auto: what the target runs already, else swarm on a swarm manager.")
 @pass_options
-def stack_up(opts: Options, timeout: float, staging: bool) -> None:
+def stack_up(opts: Options, timeout: float, staging: bool, backend: str) -> None:
     """Start the stack (migrations first) and wait until every service is healthy."""
-    status = opts.stack.up(timeout=timeout, progress=progress)
+    stack = replace(opts.stack, backend=backend)
+    status = stack.up(timeout=timeout, progress=progress)
     if staging:
         from finaiflow_ops import staging as staging_setup
 
-        staging_setup.prepare(opts.stack, progress=progress)
+        staging_setup.prepare(stack, progress=progress)
     _print_status(opts, status)
     if not opts.json:
         https = [u for u in status.urls if u.startswith("https://")]

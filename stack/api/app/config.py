@@ -16,7 +16,15 @@ class ConfigError(Exception):
 
 
 def _required(environ: Mapping[str, str], name: str) -> str:
+    """NAME, or the content of the file NAME_FILE names (Docker secrets: /run/secrets/...)."""
     value = environ.get(name, "").strip()
+    path = environ.get(f"{name}_FILE", "").strip()
+    if not value and path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                value = handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE cannot be read ({exc.strerror})") from None
     if not value:
         raise ConfigError(f"{name} is not set")
     return value

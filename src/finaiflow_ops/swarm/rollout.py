@@ -1,0 +1,323 @@
+"""Deploy and rollback on a swarm: the engine's own rolling update, with our lock, pre-deploy
+backup, migrations (a swarm job), health gate, release history and audit log around it.
+
+The service's update_config (stack/swarm.yaml) does the rolling: one task at a time, the new task
+started first and healthy before the old one is stopped, failure_action rollback. We start the
+update, follow it to its end, then check through nginx that the release answers; when the engine
+rolled back or paused, or our check fails, traffic is put back (`docker service rollback`) and
+the command fails naming the task's error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from finaiflow_ops import health, releases
+from finaiflow_ops.errors import OpsError, UsageError
+from finaiflow_ops.releases import Release
+from finaiflow_ops.rollout import DeployFailed, DeployResult, Phase, image_id
+from finaiflow_ops.stack import Progress, Stack
+from finaiflow_ops.swarm.cluster import Swarm, Task, spec_image
+
+__all__ = ["deploy", "rollback"]
+
+UPDATE_TIMEOUT = 600.0
+_DONE = "completed"
+_FAILED = ("paused", "rollback_started", "rollback_completed", "rollback_paused")
+
+
+@dataclass
+class _Update:
+    swarm: Swarm
+    service: str
+    say: Progress
+
+    def run(self, argv: list[str], image: str, timeout: float) -> tuple[str, float]:
+        """Start `docker service ARGV` on the service and follow it; (final state, seconds)."""
+        start = time.monotonic()
+        self.swarm.stack.target.run(
+            "docker", "service", *argv, "--detach", "--quiet", self.swarm.full_name(self.service), timeout=120
+        )
+        return self.follow(image, timeout), time.monotonic() - start
+
+    def follow(self, image: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        said = ""
+        while True:
+            svc = self.swarm.service(self.service)
+            status = svc.attrs.get("UpdateStatus") or {}
+            state = str(status.get("State", ""))
+            tasks = [t for t in self.swarm.tasks(self.service) if t.state == "running"]
+            line = (
+                f"{state or 'updating'}: {sum(t.image == image for t in tasks)}/{len(tasks)} running {image}"
+            )
+            if line != said:
+                self.say(f"{self.swarm.full_name(self.service)} {line}")
+                said = line
+            if state == _DONE or (not state and spec_image(svc.attrs) == image and self._settled(image)):
+                return _DONE
+            if state in _FAILED and state != "rollback_started":
+                return f"{state}: {status.get('Message', '')}".strip()
+            if time.monotonic() >= deadline:
+                return f"not finished after {timeout:.0f} s ({state or 'no status'})"
+            time.sleep(1)
+
+    def _settled(self, image: str) -> bool:
+        tasks = self.swarm.tasks(self.service)
+        return bool(tasks) and all(t.state == "running" and t.image == image for t in tasks)
+
+    def task_error(self) -> str:
+        """The newest error of a failed task of the service (the engine's words)."""
+        failed = [t for t in self.swarm.tasks(self.service, desired=None) if t.error]
+        return failed[0].error if failed else ""
+
+
+def _current(swarm: Swarm, service: str, past: releases.History) -> Release | None:
+    image = spec_image(swarm.service(service).attrs)
+    known = past.current_release
+    if known is not None and known.image == image:
+        return known
+    return releases.record(
+        swarm.stack,
+        Release(
+            id=0,
+            service=service,
+            image=image,
+            image_id=_image_id_or_empty(swarm.stack, image),
+            config_hash="",
+            kind="observed",
+            previous=known.id if known else None,
+            note="found running on the swarm, not deployed by finaiflow-ops",
+        ),
+    )
+
+
+def _image_id_or_empty(stack: Stack, image: str) -> str:
+    try:
+        return image_id(stack, image)
+    except UsageError:
+        return ""
+
+
+def _backup(stack: Stack, say: Progress) -> str | None:
+    from finaiflow_ops.backup import archive
+    from finaiflow_ops.backup.database import Database
+
+    say("taking a pre-deploy backup")
+    try:
+        made = archive.create(
+            Database.of(stack),
+            archive.default_directory(stack),
+            release=archive.stack_release(stack),
+            project=stack.project,
+            reason="pre-deploy",
+            progress=say,
+        )
+    except OpsError as exc:
+        raise DeployFailed(
+            f"the pre-deploy backup failed: {exc.message}; nothing was changed",
+            hint=exc.hint or "fix it, or deploy with --no-backup",
+        ) from None
+    return made.path.rsplit("/", 1)[-1]
+
+
+def _serving(swarm: Swarm, service: str, timeout: float) -> None:
+    """Our gate after the engine's: every task on the new image, and /health answering via nginx."""
+    swarm.wait_converged([service], timeout=timeout)
+    health.wait_http(f"{swarm.stack.base_url()}/health", timeout=min(timeout, 60))
+
+
+def _roll(
+    stack: Stack,
+    service: str,
+    *,
+    kind: str,
+    image: str,
+    argv: list[str],
+    previous: Release | None,
+    backup: str | None,
+    migrate: bool,
+    timeout: float,
+    say: Progress,
+    note: str = "",
+) -> DeployResult:
+    swarm = Swarm(stack)
+    phases: list[Phase] = []
+    start = time.monotonic()
+    new_id = image_id(stack, image)
+    if migrate:
+        t = time.monotonic()
+        spec = swarm.spec().stack["services"][service]
+        try:
+            swarm.run_job(spec, ["alembic", "upgrade", "head"], image=image, timeout=timeout, progress=say)
+        except OpsError as exc:
+            raise DeployFailed(
+                f"the migrations of {image} failed: {exc.message}; nothing else was changed",
+                output_tail=getattr(exc, "output_tail", ""),
+                hint="fix the migration; PostgreSQL rolled the failed one back",
+            ) from None
+        phases.append(Phase("migrate", round(time.monotonic() - t, 2)))
+    update = _Update(swarm, service, say)
+    state, seconds = update.run(argv, image, timeout)
+    phases.append(Phase("rolling update", round(seconds, 2)))
+    if state != _DONE:
+        why = update.task_error() or state
+        if not state.startswith("rollback"):
+            say(f"putting {service} back: docker service rollback")
+            stack.target.run(
+                "docker", "service", "rollback", "--detach", "--quiet", swarm.full_name(service), timeout=120
+            )
+            update.follow(previous.image if previous else image, timeout)
+        raise DeployFailed(
+            f"the {kind} of {service} to {image} failed and was rolled back by the engine: {why}",
+            hint=f"see `docker service ps {swarm.full_name(service)} --no-trunc`",
+        )
+    try:
+        _serving(swarm, service, timeout)
+    except OpsError as exc:
+        say(f"{image} does not serve ({exc.message}): docker service rollback")
+        stack.target.run(
+            "docker", "service", "rollback", "--detach", "--quiet", swarm.full_name(service), timeout=120
+        )
+        update.follow(previous.image if previous else image, timeout)
+        raise DeployFailed(f"the {kind} of {service} to {image} was rolled back: {exc.message}") from None
+    tasks: list[Task] = swarm.tasks(service)
+    release = releases.record(
+        stack,
+        Release(
+            id=0,
+            service=service,
+            image=image,
+            image_id=new_id,
+            config_hash="",
+            backup=backup,
+            kind=kind,
+            previous=previous.id if previous else None,
+            note=note,
+        ),
+    )
+    total = time.monotonic() - start
+    releases.audit(
+        stack,
+        kind,
+        service=service,
+        image=image,
+        release=release.id,
+        backend="swarm",
+        seconds=round(total, 2),
+    )
+    return DeployResult(
+        service=service,
+        kind=kind,
+        release=release,
+        previous=previous,
+        containers=tuple(t.name for t in tasks),
+        retired=(),
+        repaired=(),
+        switch_seconds=round(seconds, 2),
+        drain_seconds=0.0,
+        total_seconds=round(total, 2),
+        phases=tuple(phases),
+    )
+
+
+def deploy(
+    stack: Stack,
+    service: str,
+    image: str,
+    *,
+    replicas: int | None = None,
+    backup: bool = True,
+    migrate: bool = True,
+    timeout: float = UPDATE_TIMEOUT,
+    progress: Progress | None = None,
+) -> DeployResult:
+    """Roll `service` to `image` through the engine's rolling update (see the module docstring)."""
+    say = progress or (lambda _msg: None)
+    swarm = Swarm(stack)
+    swarm.require_manager()
+    image_id(stack, image)  # the image must be there: a clear error before anything changes
+    with releases.deploy_lock(stack, f"deploy {service} {image}", progress=say):
+        try:
+            previous = _current(swarm, service, releases.history(stack, service))
+            made = _backup(stack, say) if backup else None
+            argv = ["update", "--image", image, *(["--replicas", str(replicas)] if replicas else [])]
+            return _roll(
+                stack,
+                service,
+                kind="deploy",
+                image=image,
+                argv=argv,
+                previous=previous,
+                backup=made,
+                migrate=migrate,
+                timeout=timeout,
+                say=say,
+            )
+        except OpsError as exc:
+            releases.audit(
+                stack, "deploy-failed", service=service, image=image, backend="swarm", reason=exc.one_line()
+            )
+            raise
+
+
+def rollback(
+    stack: Stack,
+    service: str,
+    *,
+    to: str | None = None,
+    timeout: float = UPDATE_TIMEOUT,
+    progress: Progress | None = None,
+) -> DeployResult:
+    """Back to the previous (or the named) release: `docker service rollback` when the engine's
+    previous spec is that release (the engine's own rollback), else a rolling update to its image."""
+    say = progress or (lambda _msg: None)
+    swarm = Swarm(stack)
+    swarm.require_manager()
+    with releases.deploy_lock(stack, f"rollback {service}" + (f" to {to}" if to else ""), progress=say):
+        try:
+            past = releases.history(stack, service)
+            current = _current(swarm, service, past)
+            past = releases.history(stack, service)
+            target = past.find(to) if to else _previous_other(past, current)
+            attrs: dict[str, Any] = swarm.service(service).attrs
+            previous_spec = attrs.get("PreviousSpec") or {}
+            engine_previous = (
+                previous_spec.get("TaskTemplate", {})
+                .get("ContainerSpec", {})
+                .get("Image", "")
+                .split("@", 1)[0]
+            )
+            argv = ["rollback"] if engine_previous == target.image else ["update", "--image", target.image]
+            say(
+                f"rolling {service} back from {current.label if current else '?'} to {target.label} "
+                f"(docker service {argv[0]})"
+            )
+            return _roll(
+                stack,
+                service,
+                kind="rollback",
+                image=target.image,
+                argv=argv,
+                previous=current,
+                backup=None,
+                migrate=False,
+                timeout=timeout,
+                say=say,
+                note=f"rollback to #{target.id}",
+            )
+        except OpsError as exc:
+            releases.audit(stack, "rollback-failed", service=service, backend="swarm", reason=exc.one_line())
+            raise
+
+
+def _previous_other(past: releases.History, current: Release | None) -> Release:
+    for r in reversed(past.releases):
+        if current is None or r.image != current.image:
+            return r
+    raise UsageError(
+        f"{past.service} has no previous release to roll back to",
+        hint=f"see `finaiflow-ops releases {past.service}`; give one with --to",
+    )
