@@ -17,7 +17,7 @@ from typing import Any
 from finaiflow_ops import health, releases
 from finaiflow_ops.errors import OpsError, UsageError
 from finaiflow_ops.releases import Release
-from finaiflow_ops.rollout import DeployFailed, DeployResult, Phase, image_id
+from finaiflow_ops.rollout import DeployFailed, DeployResult, Phase, image_id, image_variable, set_env_value
 from finaiflow_ops.stack import Progress, Stack
 from finaiflow_ops.swarm.cluster import Swarm, Task, spec_image
 
@@ -183,6 +183,8 @@ def _roll(
         )
         update.follow(previous.image if previous else image, timeout)
         raise DeployFailed(f"the {kind} of {service} to {image} was rolled back: {exc.message}") from None
+    # The .env names the running image, as on compose: a later `stack up` keeps this release.
+    set_env_value(stack, image_variable(stack, service), image)
     tasks: list[Task] = swarm.tasks(service)
     release = releases.record(
         stack,

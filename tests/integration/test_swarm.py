@@ -1,0 +1,161 @@
+"""The stack on a single-node Docker Swarm of this machine's engine: `stack up` with Docker
+secrets, rolling update and rollback through the engine under locust traffic, a broken release
+refused, backups and a restore drill against the database task, and `stack down`.
+
+The module makes the swarm (`docker swarm init --advertise-addr 127.0.0.1`) when the engine is in
+none, and leaves it at the end; the compose stack of the session keeps running beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from loadtests.gate import traffic
+
+from finaiflow_ops import envfile
+from finaiflow_ops.stack import Stack
+from finaiflow_ops.swarm.cluster import Swarm
+from finaiflow_ops.target import Target
+from tests.rollout_support import BROKEN, build_image, failures, remove_image
+from tests.swarm_support import cli, free_port, make_project, ok
+
+pytestmark = [pytest.mark.integration, pytest.mark.destructive]
+
+PROJECT = "ffswarm"
+OLD, NEW = "finaiflow/api:1.0.0", "finaiflow/api:1.1.0"
+
+
+def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
+
+
+@pytest.fixture(scope="module")
+def swarm_engine(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not Target.parse(request.config.getoption("--target")).is_local:
+        pytest.skip("the swarm tests make a swarm of this machine's engine")
+    state = _docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    made = state == "inactive"
+    if made:
+        _docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        yield
+    finally:
+        if made:
+            _docker("swarm", "leave", "--force", check=False)
+
+
+@pytest.fixture(scope="module")
+def project(swarm_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    directory = make_project(tmp_path_factory.mktemp("swarm") / "stack", PROJECT, https_port=free_port(),
+                             http_port=free_port(), prometheus_port=free_port())
+    try:
+        up = cli(directory, "stack", "up", timeout=600)
+        assert up.returncode == 0, up.stderr[-3000:]
+        yield directory
+    finally:
+        cli(directory, "--yes", "stack", "down", "--volumes", timeout=300)
+
+
+@pytest.fixture(scope="module")
+def swarm(project: Path) -> Swarm:
+    return Swarm(Stack(Target.parse("local://"), str(project)))
+
+
+@pytest.fixture(scope="module")
+def base_url(swarm: Swarm) -> str:
+    return swarm.stack.base_url()
+
+
+def _version(base_url: str) -> str:
+    with httpx.Client(verify=False, timeout=10) as client:
+        return str(client.get(f"{base_url}/version").json()["release"])
+
+
+def test_stack_up_deploys_every_service_as_a_swarm_service_and_serves_https(swarm: Swarm, base_url: str) -> None:
+    status = swarm.stack.status()
+    assert status.healthy, [(s.name, [(c.name, c.state) for c in s.containers]) for s in status.services]
+    assert {s.name for s in status.services} == set(swarm.stack.services())
+    assert [len(s.containers) for s in status.services if s.name == "api"] == [2]
+    services = _docker("service", "ls", "--filter", f"label=com.docker.stack.namespace={PROJECT}",
+                       "--format", "{{.Name}}").stdout.split()
+    assert f"{PROJECT}_api" in services and f"{PROJECT}_postgres" in services, services
+    with httpx.Client(verify=False, timeout=10) as client:
+        health = client.get(f"{base_url}/health").json()
+    assert health["database"] == "ok" and health["cache"] == "ok", health
+
+
+def test_env_secrets_are_docker_secrets_and_appear_nowhere_in_the_deployed_specs(swarm: Swarm) -> None:
+    env = swarm.stack.env
+    secrets = {k: v for k, v in env.items() if envfile.is_secret(k, v)}
+    assert {"SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "DATABASE_URL"} <= set(secrets)
+    names = _docker("secret", "ls", "--filter", f"label=com.docker.stack.namespace={PROJECT}",
+                    "--format", "{{.Name}}").stdout.split()
+    assert len(names) == len(secrets), names
+    inspected = _docker("service", "inspect", *(f"{PROJECT}_{s}" for s in swarm.stack.services())).stdout
+    stack_file = (Path(swarm.stack.project_dir) / ".finaiflow" / "swarm-stack.json").read_text()
+    for key, value in secrets.items():
+        assert value not in inspected, f"{key}'s value is in `docker service inspect`"
+        assert value not in stack_file, f"{key}'s value is in the stack file"
+    api_env = json.loads(inspected)[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert any(e.startswith("SECRET_KEY_FILE=/run/secrets/") for e in api_env), api_env
+
+
+def test_rolling_update_and_rollback_through_the_engine_drop_no_request(swarm: Swarm, base_url: str) -> None:
+    assert _version(base_url) == "1.0.0"
+    with traffic(base_url, users=6, max_seconds=400) as samples:
+        time.sleep(3)
+        deployed = cli(Path(swarm.stack.project_dir), "--json", "deploy", "api", "--image", NEW, "--no-backup")
+        after_deploy = _version(base_url)
+        rolled = cli(Path(swarm.stack.project_dir), "--json", "rollback", "api")
+        after_rollback = _version(base_url)
+        time.sleep(3)
+    result = json.loads(ok(deployed))
+    back = json.loads(ok(rolled))
+    assert (after_deploy, after_rollback) == ("1.1.0", "1.0.0")
+    assert result["release"]["image"] == NEW and back["release"]["kind"] == "rollback", (result, back)
+    done = samples()
+    assert len(done) > 100, f"only {len(done)} requests: the load did not run"
+    assert failures(done) == [], failures(done)[:10]
+    assert {t.image for t in swarm.tasks("api")} == {OLD}
+    assert envfile.parse((Path(swarm.stack.project_dir) / ".env").read_text())["API_IMAGE"] == OLD
+    history = json.loads(ok(cli(Path(swarm.stack.project_dir), "--json", "releases", "api")))
+    assert [r["kind"] for r in history["releases"]][-2:] == ["deploy", "rollback"], history
+
+
+def test_a_release_that_never_gets_healthy_is_rolled_back_by_the_engine(swarm: Swarm, base_url: str) -> None:
+    tag = "finaiflow/api:broken-swarm"
+    build_image(swarm.stack, tag, OLD, BROKEN["never-healthy"])
+    try:
+        refused = cli(Path(swarm.stack.project_dir), "deploy", "api", "--image", tag, "--no-backup",
+                      "--no-migrate", timeout=400)
+    finally:
+        remove_image(swarm.stack, tag)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "rolled back" in last and tag in last, last
+    assert {t.image for t in swarm.tasks("api") if t.state == "running"} == {OLD}
+    assert _version(base_url) == "1.0.0"
+
+
+def test_backup_and_restore_drill_run_against_the_database_task(swarm: Swarm) -> None:
+    directory = Path(swarm.stack.project_dir)
+    made = json.loads(ok(cli(directory, "--json", "backup", "create")))
+    assert Path(made["path"]).exists() and made["manifest"]["tables"], made
+    drill = json.loads(ok(cli(directory, "--json", "restore", "drill")))
+    assert drill["tables"] == made["manifest"]["tables"], (drill, made["manifest"]["tables"])
+    databases = [row[0] for row in swarm.stack.psql("SELECT datname FROM pg_database")]
+    assert swarm.stack.env["POSTGRES_DB"] in databases and drill["scratch_database"] not in databases
+
+
+def test_a_missing_image_is_refused_before_anything_changes(swarm: Swarm) -> None:
+    before = swarm.service("api").attrs["Version"]["Index"]
+    refused = cli(Path(swarm.stack.project_dir), "deploy", "api", "--image", "finaiflow/api:9.9.9")
+    assert refused.returncode == 2, refused.stderr
+    assert "finaiflow/api:9.9.9" in refused.stderr.strip().splitlines()[-1]
+    assert swarm.service("api").attrs["Version"]["Index"] == before
