@@ -77,7 +77,8 @@ def _version(base_url: str) -> str:
         return str(client.get(f"{base_url}/version").json()["release"])
 
 
-def test_stack_up_deploys_every_service_as_a_swarm_service_and_serves_https(swarm: Swarm, base_url: str) -> None:
+def test_stack_up_deploys_every_service_as_a_swarm_service_and_serves_https(swarm: Swarm,
+                                                                              base_url: str) -> None:
     status = swarm.stack.status()
     assert status.healthy, [(s.name, [(c.name, c.state) for c in s.containers]) for s in status.services]
     assert {s.name for s in status.services} == set(swarm.stack.services())
@@ -108,11 +109,12 @@ def test_env_secrets_are_docker_secrets_and_appear_nowhere_in_the_deployed_specs
 
 def test_rolling_update_and_rollback_through_the_engine_drop_no_request(swarm: Swarm, base_url: str) -> None:
     assert _version(base_url) == "1.0.0"
+    directory = Path(swarm.stack.project_dir)
     with traffic(base_url, users=6, max_seconds=400) as samples:
         time.sleep(3)
-        deployed = cli(Path(swarm.stack.project_dir), "--json", "deploy", "api", "--image", NEW, "--no-backup")
+        deployed = cli(directory, "--json", "deploy", "api", "--image", NEW, "--no-backup")
         after_deploy = _version(base_url)
-        rolled = cli(Path(swarm.stack.project_dir), "--json", "rollback", "api")
+        rolled = cli(directory, "--json", "rollback", "api")
         after_rollback = _version(base_url)
         time.sleep(3)
     result = json.loads(ok(deployed))
