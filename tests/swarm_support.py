@@ -22,26 +22,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cli(project_dir: Path, *args: str, env: Mapping[str, str] | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(
+    project_dir: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """`finaiflow-ops --project-dir PROJECT ARGS` in a process of its own (env added to ours)."""
     return subprocess.run(
         [sys.executable, "-m", "finaiflow_ops.cli", "--project-dir", str(project_dir), *args],
-        capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
 
 
-def make_project(directory: Path, name: str, *, https_port: int, http_port: int, prometheus_port: int,
-                 extra: Mapping[str, str] | None = None) -> Path:
+def make_project(
+    directory: Path,
+    name: str,
+    *,
+    https_port: int,
+    http_port: int,
+    prometheus_port: int,
+    extra: Mapping[str, str] | None = None,
+) -> Path:
     """A project directory like an operator's: the repository's compose.yaml and swarm.yaml, and
     a .env made by `env generate` (plus `extra` lines)."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "stack" / "compose.yaml", directory / "compose.yaml")
     shutil.copy(REPO / "stack" / "swarm.yaml", directory / "swarm.yaml")
-    made = cli(directory, "env", "generate", "--project-name", name, "--http-port", str(http_port),
-               "--https-port", str(https_port), "--prometheus-port", str(prometheus_port),
-               "--rate-limit", "2000")
+    made = cli(
+        directory,
+        "env",
+        "generate",
+        "--project-name",
+        name,
+        "--http-port",
+        str(http_port),
+        "--https-port",
+        str(https_port),
+        "--prometheus-port",
+        str(prometheus_port),
+        "--rate-limit",
+        "2000",
+    )
     assert made.returncode == 0, made.stderr
     if extra:
         with (directory / ".env").open("a") as env:

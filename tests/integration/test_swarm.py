@@ -52,8 +52,13 @@ def swarm_engine(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def project(swarm_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    directory = make_project(tmp_path_factory.mktemp("swarm") / "stack", PROJECT, https_port=free_port(),
-                             http_port=free_port(), prometheus_port=free_port())
+    directory = make_project(
+        tmp_path_factory.mktemp("swarm") / "stack",
+        PROJECT,
+        https_port=free_port(),
+        http_port=free_port(),
+        prometheus_port=free_port(),
+    )
     try:
         up = cli(directory, "stack", "up", timeout=600)
         assert up.returncode == 0, up.stderr[-3000:]
@@ -77,14 +82,16 @@ def _version(base_url: str) -> str:
         return str(client.get(f"{base_url}/version").json()["release"])
 
 
-def test_stack_up_deploys_every_service_as_a_swarm_service_and_serves_https(swarm: Swarm,
-                                                                              base_url: str) -> None:
+def test_stack_up_deploys_every_service_as_a_swarm_service_and_serves_https(
+    swarm: Swarm, base_url: str
+) -> None:
     status = swarm.stack.status()
     assert status.healthy, [(s.name, [(c.name, c.state) for c in s.containers]) for s in status.services]
     assert {s.name for s in status.services} == set(swarm.stack.services())
     assert [len(s.containers) for s in status.services if s.name == "api"] == [2]
-    services = _docker("service", "ls", "--filter", f"label=com.docker.stack.namespace={PROJECT}",
-                       "--format", "{{.Name}}").stdout.split()
+    services = _docker(
+        "service", "ls", "--filter", f"label=com.docker.stack.namespace={PROJECT}", "--format", "{{.Name}}"
+    ).stdout.split()
     assert f"{PROJECT}_api" in services and f"{PROJECT}_postgres" in services, services
     with httpx.Client(verify=False, timeout=10) as client:
         health = client.get(f"{base_url}/health").json()
@@ -95,8 +102,9 @@ def test_env_secrets_are_docker_secrets_and_appear_nowhere_in_the_deployed_specs
     env = swarm.stack.env
     secrets = {k: v for k, v in env.items() if envfile.is_secret(k, v)}
     assert {"SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "DATABASE_URL"} <= set(secrets)
-    names = _docker("secret", "ls", "--filter", f"label=com.docker.stack.namespace={PROJECT}",
-                    "--format", "{{.Name}}").stdout.split()
+    names = _docker(
+        "secret", "ls", "--filter", f"label=com.docker.stack.namespace={PROJECT}", "--format", "{{.Name}}"
+    ).stdout.split()
     assert len(names) == len(secrets), names
     inspected = _docker("service", "inspect", *(f"{PROJECT}_{s}" for s in swarm.stack.services())).stdout
     stack_file = (Path(swarm.stack.project_dir) / ".finaiflow" / "swarm-stack.json").read_text()
@@ -134,8 +142,16 @@ def test_a_release_that_never_gets_healthy_is_rolled_back_by_the_engine(swarm: S
     tag = "finaiflow/api:broken-swarm"
     build_image(swarm.stack, tag, OLD, BROKEN["never-healthy"])
     try:
-        refused = cli(Path(swarm.stack.project_dir), "deploy", "api", "--image", tag, "--no-backup",
-                      "--no-migrate", timeout=400)
+        refused = cli(
+            Path(swarm.stack.project_dir),
+            "deploy",
+            "api",
+            "--image",
+            tag,
+            "--no-backup",
+            "--no-migrate",
+            timeout=400,
+        )
     finally:
         remove_image(swarm.stack, tag)
     assert refused.returncode == 1, refused.stderr[-2000:]
