@@ -177,3 +177,16 @@ def test_a_missing_image_is_refused_before_anything_changes(swarm: Swarm) -> Non
     assert refused.returncode == 2, refused.stderr
     assert "finaiflow/api:9.9.9" in refused.stderr.strip().splitlines()[-1]
     assert swarm.service("api").attrs["Version"]["Index"] == before
+
+
+def test_plan_describes_the_engines_rolling_update_and_changes_nothing(swarm: Swarm) -> None:
+    before = swarm.service("api").attrs["Version"]["Index"]
+    planned = json.loads(
+        ok(cli(Path(swarm.stack.project_dir), "--json", "deploy", "api", "--image", NEW, "--plan"))
+    )
+    steps = "\n".join(planned["steps"])
+    assert f"docker service update --image {NEW} {PROJECT}_api" in steps and "order start-first" in steps, (
+        steps
+    )
+    assert "on failure rollback" in steps, steps
+    assert swarm.service("api").attrs["Version"]["Index"] == before

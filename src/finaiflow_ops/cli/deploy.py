@@ -40,9 +40,13 @@ def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: i
            health_timeout: float, drain_timeout: float, no_migrate: bool) -> None:
     """Rolling update of SERVICE to IMAGE: new containers beside the old, health-gated, drained."""
     if show_plan:
-        steps = rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
-                             migrate=not no_migrate, health_timeout=health_timeout,
-                             drain_timeout=drain_timeout)
+        if opts.stack.swarm is not None:
+            steps = swarm_rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
+                                       migrate=not no_migrate)
+        else:
+            steps = rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
+                                 migrate=not no_migrate, health_timeout=health_timeout,
+                                 drain_timeout=drain_timeout)
         if opts.json:
             print_json(steps)
             return

@@ -17,11 +17,19 @@ from typing import Any
 from finaiflow_ops import health, releases
 from finaiflow_ops.errors import OpsError, UsageError
 from finaiflow_ops.releases import Release
-from finaiflow_ops.rollout import DeployFailed, DeployResult, Phase, image_id, image_variable, set_env_value
+from finaiflow_ops.rollout import (
+    DeployFailed,
+    DeployResult,
+    Phase,
+    Plan,
+    image_id,
+    image_variable,
+    set_env_value,
+)
 from finaiflow_ops.stack import Progress, Stack
 from finaiflow_ops.swarm.cluster import Swarm, Task, spec_image
 
-__all__ = ["deploy", "rollback"]
+__all__ = ["deploy", "plan", "rollback"]
 
 UPDATE_TIMEOUT = 600.0
 _DONE = "completed"
@@ -323,3 +331,34 @@ def _previous_other(past: releases.History, current: Release | None) -> Release:
         f"{past.service} has no previous release to roll back to",
         hint=f"see `finaiflow-ops releases {past.service}`; give one with --to",
     )
+
+
+def plan(
+    stack: Stack,
+    service: str,
+    image: str,
+    *,
+    replicas: int | None = None,
+    backup: bool = True,
+    migrate: bool = True,
+) -> Plan:
+    """`deploy --plan` on a swarm: the steps `deploy` would take now, read from the service."""
+    swarm = Swarm(stack)
+    swarm.require_manager()
+    image_id(stack, image)
+    attrs: dict[str, Any] = swarm.service(service).attrs
+    spec = attrs["Spec"]
+    wanted = replicas or (spec.get("Mode", {}).get("Replicated") or {}).get("Replicas", 1)
+    update = spec.get("UpdateConfig") or {}
+    steps = [
+        f"take the deploy lock of {stack.project} on {stack.target}",
+        *(["take a verified pre-deploy backup of the database task"] if backup else []),
+        *([f"run `alembic upgrade head` as a swarm job of {image}"] if migrate else []),
+        f"docker service update --image {image} {swarm.full_name(service)}: {wanted} task(s), "
+        f"{update.get('Parallelism', 1)} at a time, order {update.get('Order', 'stop-first')}, "
+        f"on failure {update.get('FailureAction', 'pause')}",
+        f"wait until every task runs {image}, then until /health answers 200 through nginx",
+        "on any failure: docker service rollback, and exit 1 naming the engine's error",
+        f"record the release, set {image_variable(stack, service)}={image} in .env, write the audit line",
+    ]
+    return Plan(service=service, image=image, replicas=wanted, steps=tuple(steps))
