@@ -243,7 +243,10 @@ class Stack:
         return found
 
     def container(self, service: str) -> Container:
-        """A running container of `service` (the first by name)."""
+        """A running container of `service` (the first by name); on a swarm, of its running task
+        on whichever node runs it."""
+        if self.swarm is not None:
+            return self.swarm.container(service)
         running = [c for c in self.containers(service, all=False) if c.state == "running"]
         if not running:
             raise UsageError(f"service {service} has no running container on {self.target}",

@@ -210,11 +210,37 @@ def test_api_replicas_spread_over_the_nodes_and_the_database_stays_on_its_node(c
         assert client.get(f"{cluster.base_url()}/health").json()["database"] == "ok"
 
 
-def test_a_backup_is_taken_from_the_database_task_on_another_node(cluster: Cluster) -> None:
+def _psql(c: Cluster, sql: str) -> str:
+    """psql in the postgres task, on the node that runs it (the test's own way, not the library's)."""
+    node = c.nodes[1]
+    container = c.on(
+        node, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={PROJECT}_postgres"
+    ).stdout
+    return c.on(
+        node,
+        "exec",
+        container.strip(),
+        "psql",
+        "-U",
+        "finaiflow_user",
+        "-d",
+        "finaiflow_db",
+        "-AtXq",
+        "-c",
+        sql,
+    ).stdout.strip()
+
+
+def test_backup_drill_and_restore_work_on_the_database_task_on_another_node(cluster: Cluster) -> None:
     made = json.loads(ok(cluster.cli("--json", "backup", "create")))
     assert Path(made["path"]).exists() and made["manifest"]["tables"], made
     drill = json.loads(ok(cluster.cli("--json", "restore", "drill")))
     assert drill["tables"] == made["manifest"]["tables"]
+    _psql(cluster, "CREATE TABLE after_the_backup (x int)")
+    ok(cluster.cli("--yes", "restore", made["path"]))
+    assert _psql(cluster, "SELECT to_regclass('after_the_backup') IS NULL") == "t"
+    with httpx.Client(verify=False, timeout=10) as client:
+        assert client.get(f"{cluster.base_url()}/health").json()["database"] == "ok"
 
 
 def _version(base_url: str) -> str:

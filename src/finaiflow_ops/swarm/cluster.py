@@ -23,6 +23,7 @@ from finaiflow_ops.stack import ContainerInfo, ServiceStatus, Stack, StackStatus
 from finaiflow_ops.swarm.spec import SwarmSpec, convert
 
 if TYPE_CHECKING:
+    from docker.models.containers import Container
     from docker.models.services import Service
 
 __all__ = ["DB_LABEL", "HOST_LABEL", "Swarm", "Task", "engine_state", "spec_image"]
@@ -67,6 +68,7 @@ class Swarm:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
+        self._node_clients: dict[str, Any] = {}
 
     @property
     def project(self) -> str:
@@ -149,6 +151,22 @@ class Swarm:
             )
         task = running[0]
         return self.docker_argv(task.node_id), task.container_id, task
+
+    def container(self, service: str) -> Container:
+        """The container of the running task of `service`, through its node's engine."""
+        import docker
+
+        argv, container_id, _task = self.running_container(service)
+        client = self.client
+        if len(argv) > 1:  # ["docker", "-H", URL]
+            url = argv[2]
+            if url not in self._node_clients:
+                self._node_clients[url] = docker.DockerClient(
+                    base_url=url, use_ssh_client=url.startswith("ssh://"), timeout=60
+                )
+            client = self._node_clients[url]
+        found: Container = client.containers.get(container_id)
+        return found
 
     # -- the stack file --------------------------------------------------------------------------------
 
