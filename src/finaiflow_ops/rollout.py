@@ -696,9 +696,15 @@ def deploy(
     drain_timeout: float = DRAIN_TIMEOUT,
     progress: Progress | None = None,
 ) -> DeployResult:
-    """Roll `service` to `image` with zero failed requests (see the module docstring)."""
+    """Roll `service` to `image` with zero failed requests (see the module docstring). On a swarm
+    stack, through the engine's rolling update instead (finaiflow_ops.swarm.rollout)."""
     if replicas is not None and replicas < 1:
         raise UsageError(f"invalid replica count {replicas}", hint="give 1 or more")
+    if stack.swarm is not None:
+        from finaiflow_ops.swarm import rollout as swarm_rollout
+
+        return swarm_rollout.deploy(stack, service, image, replicas=replicas, backup=backup, migrate=migrate,
+                                    progress=progress)
     new_id = image_id(stack, image)
     r = _Rollout(stack, service, proxy=proxy, progress=progress, health_timeout=health_timeout,
                  drain_timeout=drain_timeout, migrate=migrate)
@@ -728,7 +734,12 @@ def rollback(
 ) -> DeployResult:
     """Back to the release before the current one (or `to`: an id or an image), through the same
     zero-downtime path, with the image still on the host. `confirm(question)` is asked (and must
-    raise to refuse) when the database is at a revision the older release does not know."""
+    raise to refuse) when the database is at a revision the older release does not know. On a swarm
+    stack, through the engine (finaiflow_ops.swarm.rollout)."""
+    if stack.swarm is not None:
+        from finaiflow_ops.swarm import rollout as swarm_rollout
+
+        return swarm_rollout.rollback(stack, service, to=to, progress=progress)
     r = _Rollout(stack, service, proxy=proxy, progress=progress, health_timeout=health_timeout,
                  drain_timeout=drain_timeout, migrate=migrate)
     with releases.deploy_lock(r.stack, f"rollback {service}" + (f" to {to}" if to else ""), progress=r.say):
@@ -810,6 +821,10 @@ def plan(
     drain_timeout: float = DRAIN_TIMEOUT,
 ) -> Plan:
     """The steps `deploy` would take now, from the state of the target; changes nothing."""
+    if stack.swarm is not None:
+        from finaiflow_ops.swarm import rollout as swarm_rollout
+
+        return swarm_rollout.plan(stack, service, image, replicas=replicas, backup=backup, migrate=migrate)
     image_id(stack, image)
     r = _Rollout(stack, service, proxy=proxy, progress=None, health_timeout=health_timeout,
                  drain_timeout=drain_timeout, migrate=migrate)

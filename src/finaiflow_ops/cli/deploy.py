@@ -9,7 +9,6 @@ from finaiflow_ops import releases as history
 from finaiflow_ops import rollout
 from finaiflow_ops.cli.options import Options, pass_options, progress
 from finaiflow_ops.output import err, out, print_json
-from finaiflow_ops.swarm import rollout as swarm_rollout
 
 _timeouts = [
     click.option("--health-timeout", default=rollout.HEALTH_TIMEOUT, show_default=True,
@@ -40,24 +39,15 @@ def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: i
            health_timeout: float, drain_timeout: float, no_migrate: bool) -> None:
     """Rolling update of SERVICE to IMAGE: new containers beside the old, health-gated, drained."""
     if show_plan:
-        if opts.stack.swarm is not None:
-            steps = swarm_rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
-                                       migrate=not no_migrate)
-        else:
-            steps = rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
-                                 migrate=not no_migrate, health_timeout=health_timeout,
-                                 drain_timeout=drain_timeout)
+        steps = rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
+                             migrate=not no_migrate, health_timeout=health_timeout,
+                             drain_timeout=drain_timeout)
         if opts.json:
             print_json(steps)
             return
         out.print(f"deploy {service} to {image} ({steps.replicas} container(s)) on {opts.target} would:")
         for number, step in enumerate(steps.steps, start=1):
             out.print(f"  {number:>2}. {step}", markup=False)
-        return
-    if opts.stack.swarm is not None:
-        result = swarm_rollout.deploy(opts.stack, service, image, replicas=replicas, backup=not no_backup,
-                                      migrate=not no_migrate, progress=progress)
-        _print_result(opts, result)
         return
     _print_result(opts, rollout.deploy(opts.stack, service, image, replicas=replicas, backup=not no_backup,
                                        migrate=not no_migrate, health_timeout=health_timeout,
@@ -73,9 +63,6 @@ def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: i
 def rollback(opts: Options, service: str, to: str | None, health_timeout: float, drain_timeout: float,
              no_migrate: bool) -> None:
     """Back to the previous (or a named) release of SERVICE, through the same zero-downtime path."""
-    if opts.stack.swarm is not None:
-        _print_result(opts, swarm_rollout.rollback(opts.stack, service, to=to, progress=progress))
-        return
     _print_result(opts, rollout.rollback(opts.stack, service, to=to, confirm=opts.confirm,
                                          migrate=not no_migrate, health_timeout=health_timeout,
                                          drain_timeout=drain_timeout, progress=progress))
