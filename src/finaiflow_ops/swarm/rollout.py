@@ -45,17 +45,27 @@ class _Update:
     def run(self, argv: list[str], image: str, timeout: float) -> tuple[str, float]:
         """Start `docker service ARGV` on the service and follow it; (final state, seconds)."""
         start = time.monotonic()
+        before = self.swarm.service(self.service).attrs.get("UpdateStatus") or {}
         self.swarm.stack.target.run(
             "docker", "service", *argv, "--detach", "--quiet", self.swarm.full_name(self.service), timeout=120
         )
-        return self.follow(image, timeout), time.monotonic() - start
+        return self.follow(
+            image, timeout, rollback=argv[0] == "rollback", before=before
+        ), time.monotonic() - start
 
-    def follow(self, image: str, timeout: float) -> str:
+    def follow(
+        self, image: str, timeout: float, *, rollback: bool = False, before: dict[str, Any] | None = None
+    ) -> str:
+        """Follow the update (or the engine's rollback) to its end: "completed", or what went wrong.
+        A status equal to `before` is the previous update's, still shown until the engine starts."""
+        done = "rollback_completed" if rollback else _DONE
         deadline = time.monotonic() + timeout
         said = ""
         while True:
             svc = self.swarm.service(self.service)
             status = svc.attrs.get("UpdateStatus") or {}
+            if before and status == before:
+                status = {}
             state = str(status.get("State", ""))
             tasks = [t for t in self.swarm.tasks(self.service) if t.state == "running"]
             line = (
@@ -64,9 +74,9 @@ class _Update:
             if line != said:
                 self.say(f"{self.swarm.full_name(self.service)} {line}")
                 said = line
-            if state == _DONE or (not state and spec_image(svc.attrs) == image and self._settled(image)):
+            if state == done or (not state and spec_image(svc.attrs) == image and self._settled(image)):
                 return _DONE
-            if state in _FAILED and state != "rollback_started":
+            if state in _FAILED and state not in ("rollback_started", done):
                 return f"{state}: {status.get('Message', '')}".strip()
             if time.monotonic() >= deadline:
                 return f"not finished after {timeout:.0f} s ({state or 'no status'})"
@@ -177,7 +187,7 @@ def _roll(
             stack.target.run(
                 "docker", "service", "rollback", "--detach", "--quiet", swarm.full_name(service), timeout=120
             )
-            update.follow(previous.image if previous else image, timeout)
+            update.follow(previous.image if previous else image, timeout, rollback=True)
         raise DeployFailed(
             f"the {kind} of {service} to {image} failed and was rolled back by the engine: {why}",
             hint=f"see `docker service ps {swarm.full_name(service)} --no-trunc`",
@@ -189,7 +199,7 @@ def _roll(
         stack.target.run(
             "docker", "service", "rollback", "--detach", "--quiet", swarm.full_name(service), timeout=120
         )
-        update.follow(previous.image if previous else image, timeout)
+        update.follow(previous.image if previous else image, timeout, rollback=True)
         raise DeployFailed(f"the {kind} of {service} to {image} was rolled back: {exc.message}") from None
     # The .env names the running image, as on compose: a later `stack up` keeps this release.
     set_env_value(stack, image_variable(stack, service), image)
