@@ -12,6 +12,10 @@ restore FILE:
      the api must be healthy again.
 Any failure before step 5 drops the new database and leaves the live one untouched.
 
+An encrypted backup needs its `identity` (an age private key file): it is proven to decrypt the
+file before anything is created, and the plaintext only ever flows through pipes into pg_restore.
+The safety backup of step 4 is encrypted to the same recipients as the backup being restored.
+
 restore undo puts the newest NAME_prev_* database back the same way (the one it replaces is
 kept as NAME_undone_STAMP). The drill runs steps 1 to 3 into a scratch database, then drops it.
 """
@@ -27,23 +31,28 @@ from typing import TYPE_CHECKING
 
 from finaiflow_ops import health
 from finaiflow_ops.backup.archive import (
+    archive_format,
     checked_manifest,
+    checksum_problems,
     compare_counts,
     create_locked,
     directory_lock,
     fail,
+    file_sha256,
     stack_release,
 )
 from finaiflow_ops.backup.database import Database, quote_ident, quote_literal
+from finaiflow_ops.backup.encryption import Identity, short
 from finaiflow_ops.backup.errors import RestoreFailed
 from finaiflow_ops.backup.inventory import list_backups
-from finaiflow_ops.backup.manifest import MAGIC_BYTES, Manifest, detect_format
+from finaiflow_ops.backup.manifest import Manifest
 from finaiflow_ops.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
     from finaiflow_ops.stack import Stack
 
-__all__ = ["DrillResult", "RestoreResult", "UndoResult", "drill", "restore", "restore_into", "undo"]
+__all__ = ["DrillResult", "RestoreResult", "UndoResult", "check_restorable", "drill", "restore",
+           "restore_into", "undo"]
 
 Progress = Callable[[str], None]
 _MAX_NAME = 63  # PostgreSQL truncates longer identifiers
@@ -124,19 +133,34 @@ def _name(db: Database, kind: str) -> str:
 
 # -- into a new database --------------------------------------------------------------------------
 
-def restore_into(db: Database, path: Path, new_name: str, *,
+def check_restorable(path: Path, identity: Identity | None = None) -> Manifest:
+    """The cheap checks of a backup before anything is changed: its manifest (exists, names the file,
+    states its size), its format, and for an encrypted one that `identity` decrypts it."""
+    manifest = checked_manifest(path)
+    sealed = manifest.encryption
+    recipients = sealed.recipients if sealed else ()
+    if sealed and identity is None:
+        raise UsageError(f"{path.name} is encrypted (age, to {', '.join(short(r) for r in recipients)})",
+                         hint="pass --identity FILE, the age identity (private key) of one of its "
+                              "recipients; nothing was changed")
+    _, unreadable = archive_format(path, identity if sealed else None, recipients=recipients)
+    if unreadable:  # a checksum mismatch names the cause best
+        fail(path, [*checksum_problems(manifest, file_sha256(path)), unreadable])
+    return manifest
+
+
+def restore_into(db: Database, path: Path, new_name: str, *, identity: Identity | None = None,
                  progress: Progress | None = None) -> RestoredCopy:
     """Restore the backup at `path` into the new database `new_name` of db's server and check it.
 
-    The checksum is computed on the bytes pg_restore reads, and must match the manifest, as must
-    every table's row count. On any failure the new database is dropped.
+    The checksum is computed on the bytes pg_restore reads (and, for an encrypted file, on the
+    plaintext it is fed), and must match the manifest, as must every table's row count. On any
+    failure the new database is dropped.
     """
     say = progress or (lambda _msg: None)
-    manifest = checked_manifest(path)
-    with path.open("rb") as f:
-        fmt = detect_format(f.read(MAGIC_BYTES))
-    if not fmt.restorable:
-        fail(path, [f"format {fmt}, not a pg_dump custom archive"])
+    manifest = check_restorable(path, identity)
+    if not manifest.encryption:
+        identity = None
     target = db.named(new_name)
     clock = time.monotonic()
     db.psql(f"CREATE DATABASE {quote_ident(new_name)} TEMPLATE template0 OWNER {quote_ident(db.user)}",
@@ -144,10 +168,10 @@ def restore_into(db: Database, path: Path, new_name: str, *,
     try:
         say(f"restoring {path.name} ({manifest.size / 1e6:.1f} MB) into the new database {new_name}")
         fed = db.pump(["pg_restore", "-U", db.user, "-d", new_name, "--exit-on-error",
-                       "--single-transaction"], path)
-        if fed.sha256 != manifest.sha256:
-            fail(path, [f"checksum mismatch: the file's sha256 is {fed.sha256[:16]}…, "
-                        f"the manifest says {manifest.sha256[:16]}…"])
+                       "--single-transaction"], path, identity=identity)
+        problems = checksum_problems(manifest, fed.sha256, fed.plain_sha256)
+        if problems or fed.decrypt_problem:
+            fail(path, problems or [fed.decrypt_problem])
         if not fed.ok:
             raise RestoreFailed(db.failure(f"pg_restore into {new_name}", fed.exit_status, fed.stderr),
                                 hint="the live database was not touched")
@@ -169,10 +193,10 @@ def drop_database(db: Database, name: str) -> None:
 
 # -- drill ------------------------------------------------------------------------------------------
 
-def drill(db: Database, path: Path | None = None, *, directory: Path,
+def drill(db: Database, path: Path | None = None, *, directory: Path, identity: Identity | None = None,
           progress: Progress | None = None) -> DrillResult:
     """Restore `path` (default: the newest verified backup of db in `directory`) into a scratch
-    database, compare it with its manifest, time it, drop it."""
+    database, compare it with its manifest, time it, drop it. An encrypted backup needs `identity`."""
     if path is None:
         newest = list_backups(directory, database=db.name).newest_verified
         if newest is None:
@@ -180,25 +204,28 @@ def drill(db: Database, path: Path | None = None, *, directory: Path,
                               hint="take one: finaiflow-ops backup create")
         path = Path(newest.path)
     scratch = _name(db, "drill")
-    copy = restore_into(db, path, scratch, progress=progress)
+    copy = restore_into(db, path, scratch, identity=identity, progress=progress)
     drop_database(db, scratch)
     return DrillResult(str(path), scratch, copy.tables, copy.seconds, copy.manifest.size)
 
 
 # -- restore and undo ----------------------------------------------------------------------------------
 
-def restore(stack: Stack, path: Path, *, directory: Path, progress: Progress | None = None) -> RestoreResult:
+def restore(stack: Stack, path: Path, *, directory: Path, identity: Identity | None = None,
+            progress: Progress | None = None) -> RestoreResult:
     """Replace the stack's live database with the backup at `path` (see the module docstring)."""
     say = progress or (lambda _msg: None)
     db = Database.of(stack)
     incoming = _name(db, "restore")
     with directory_lock(directory):
-        copy = restore_into(db, path, incoming, progress=say)
+        copy = restore_into(db, path, incoming, identity=identity, progress=say)
+        sealed = copy.manifest.encryption
         try:
             say("taking a safety backup of the live database")
             clock = time.monotonic()
             safety = create_locked(db, directory, release=stack_release(stack), project=stack.project,
-                                   reason="pre-restore", progress=say)
+                                   reason="pre-restore", recipients=sealed.recipients if sealed else (),
+                                   progress=say)
             safety_seconds = time.monotonic() - clock
             previous = _name(db, "prev")
             say(f"swapping: {db.name} becomes {previous}, {incoming} becomes {db.name}")

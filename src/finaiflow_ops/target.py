@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -172,6 +173,22 @@ class Target:
             done.stdout.decode(errors="replace"),
             done.stderr.decode(errors="replace"),
         )
+
+    def command_argv(self, argv: Sequence[str]) -> list[str]:
+        """The local argv that runs `argv` on the target, for callers that stream through pipes
+        (run() captures output): as is on local, through ssh with run()'s options and shared
+        connection (one quoted string: the remote shell splits it), `docker exec -i` on a container."""
+        if self.kind == "local":
+            return list(argv)
+        if self.kind == "docker":
+            return ["docker", "exec", "-i", self.host, *argv]
+        options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=15",
+                   "-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
+                   "-o", f"ControlPath={_control_dir()}/%C"]
+        options += ["-o", f"User={self.user}"] if self.user else []
+        options += ["-o", f"Port={self.port}"] if self.port else []
+        options += ["-i", self.identity_file] if self.identity_file else []
+        return ["ssh", *options, "--", self.host, shlex.join(argv)]
 
     def exists(self, path: str) -> bool:
         return self.run("test", "-e", path, check=False).ok

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -92,6 +93,24 @@ def probing(url: str) -> Iterator[HealthProbe]:
     finally:
         hp._stop.set()
         thread.join(timeout=10)
+
+
+def kill_half_way(args: list[str], directory: Path) -> list[Path]:
+    """Run `finaiflow-ops ARGS` (a backup into `directory`) and SIGKILL it once its temporary file
+    holds a megabyte; that file (bounded: 60 s)."""
+    proc = subprocess.Popen([sys.executable, "-m", "finaiflow_ops.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    partial: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        partial = [p for p in directory.glob(".*.partial") if p.stat().st_size > 1_000_000]
+        if partial:
+            break
+        time.sleep(0.05)
+    assert partial and proc.poll() is None, "the backup finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    return partial
 
 
 def backups_in(directory: Path) -> list[str]:

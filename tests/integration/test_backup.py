@@ -11,9 +11,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +33,7 @@ from tests.integration.backups_support import (
     create_load_database,
     drop_database,
     error_line,
+    kill_half_way,
 )
 
 pytestmark = pytest.mark.integration
@@ -253,18 +252,7 @@ def test_a_backup_killed_half_way_never_counts_and_the_next_run_cleans_up(
         stack: Stack, db: Database, load_db: Database, tmp_path: Path) -> None:
     args = ["--project-dir", stack.project_dir, "backup", "create", "--dir", str(tmp_path), "--database",
             load_db.name]
-    proc = subprocess.Popen([sys.executable, "-m", "finaiflow_ops.cli", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    partial: list[Path] = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        partial = [p for p in tmp_path.glob(".*.partial") if p.stat().st_size > 1_000_000]
-        if partial:
-            break
-        time.sleep(0.05)
-    assert partial and proc.poll() is None, "the backup finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    kill_half_way(args, tmp_path)
 
     listing = list_backups(tmp_path)
     assert [b.state for b in listing.backups] == ["incomplete"]

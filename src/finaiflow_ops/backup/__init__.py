@@ -3,6 +3,8 @@
     database.py   the PostgreSQL database in its container: queries, dump and restore streams
     manifest.py   file names, format detection from magic bytes, the manifest (JSON)
     archive.py    create (snapshot, dump, full read-back, checksum, manifest) and verify
+    encryption.py age: recipients (public keys), identities, the one-time read-back key
+    offsite.py    copies to another directory or, over ssh, to another host (checked there)
     inventory.py  what a backup directory holds and which files count as verified backups
     retention.py  the retention policy (pure) and prune
     schedule.py   the daily job: a crontab entry or a systemd timer

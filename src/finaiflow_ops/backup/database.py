@@ -4,7 +4,9 @@ Every client runs inside the database container: pg_dump, pg_restore and psql ar
 own version, and the container's local socket needs no password (none is ever on a command line).
 Commands go through the `docker exec` CLI of the target's engine: it copies between a pipe or a
 file and the process in Go, at disk speed, closes stdin cleanly at end of input, and exits with
-the status of the process inside, so every stage's exit status is seen.
+the status of the process inside, so every stage's exit status is seen. On an ssh target the same
+`docker exec` runs on the remote host through ssh (Target.command_argv), its streams carried by the
+ssh session: a dump arrives on this machine, a restore is fed from it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -27,10 +30,11 @@ from finaiflow_ops.backup.manifest import MAGIC_BYTES
 from finaiflow_ops.errors import OpsError, UsageError
 
 if TYPE_CHECKING:
+    from finaiflow_ops.backup.encryption import Identity
     from finaiflow_ops.stack import Stack
     from finaiflow_ops.target import Target
 
-__all__ = ["Database", "Pumped", "SnapshotSession", "quote_ident"]
+__all__ = ["Database", "Pumped", "SnapshotSession", "die_with_parent", "quote_ident"]
 
 CHUNK = 1 << 20
 # Row counts of every ordinary table, in one statement. query_to_xml runs each count inside the
@@ -56,7 +60,7 @@ SELECT coalesce((SELECT (xpath('/row/v/text()', query_to_xml(
 _MARK = "__finaiflow_ops_done__"
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In a child, before exec: the kernel kills it when finaiflow-ops dies, even by SIGKILL, so a
     killed backup leaves no `docker exec` client behind still writing into its temp file."""
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
@@ -69,7 +73,11 @@ def quote_ident(name: str) -> str:
 
 @dataclass(frozen=True)
 class Pumped:
-    """A file fed to a command's stdin: how the command ended, and what was read from the file."""
+    """A file fed to a command's stdin: how the command ended, and what was read from the file.
+
+    For an encrypted file, `sha256` and `size` are the stored file's and `plain_*` and `head` those
+    of the plaintext the command was fed; `decrypt_problem` says why age stopped, if it did.
+    """
 
     exit_status: int
     stdout: str
@@ -77,10 +85,13 @@ class Pumped:
     sha256: str
     size: int
     head: bytes
+    plain_sha256: str = ""
+    plain_size: int = 0
+    decrypt_problem: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.exit_status == 0
+        return self.exit_status == 0 and not self.decrypt_problem
 
 
 @dataclass(frozen=True)
@@ -93,24 +104,30 @@ class Database:
     name: str
     where: str = ""  # how messages name the server ("postgres of finaiflow on local://")
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # for redaction
+    # The docker CLI that reaches the container's engine, run on the target: ("docker", "-H", URL)
+    # or ("docker", "--context", NAME) where the container is on another engine (a swarm node).
+    docker: tuple[str, ...] = ("docker",)
 
     @classmethod
     def of(cls, stack: Stack, name: str | None = None) -> Database:
         """The stack's database (POSTGRES_DB of its .env, or `name`), in its running postgres container."""
-        if not stack.target.is_local:
-            raise UsageError(
-                f"backups and restores run on the database host; {stack.target} is remote",
-                hint="run finaiflow-ops on that host (`backup schedule --target ...` installs the job there)",
-            )
         where = f"postgres of {stack.project} on {stack.target}"
+        user = stack.env.get("POSTGRES_USER", "postgres")
+        database = name or stack.env.get("POSTGRES_DB", user)
+        if stack.swarm is not None:  # the postgres task, on whichever node runs it
+            try:
+                docker, container_id, task = stack.swarm.running_container("postgres")
+            except UsageError as exc:
+                raise BackupFailed(f"the database is not running ({where}): {exc.message}",
+                                   hint=exc.hint) from None
+            where = f"postgres of swarm stack {stack.project} on node {stack.swarm.node_name(task.node_id)}"
+            return cls(stack.target, container_id, user, database, where, stack.env, docker=tuple(docker))
         try:
             container = stack.container("postgres")
         except UsageError:
             raise BackupFailed(f"the database is not running ({where})",
                                hint="start it: finaiflow-ops stack up") from None
-        user = stack.env.get("POSTGRES_USER", "postgres")
-        return cls(stack.target, container.id or container.name or "", user,
-                   name or stack.env.get("POSTGRES_DB", user), where, stack.env)
+        return cls(stack.target, container.id or container.name or "", user, database, where, stack.env)
 
     def named(self, name: str) -> Database:
         """The same server, another database."""
@@ -119,9 +136,10 @@ class Database:
     # -- commands -----------------------------------------------------------------------------------
 
     def argv(self, command: Sequence[str], *, stdin: bool = False, app: str = "") -> list[str]:
-        """`docker exec` of `command`; `app` names its database sessions (application_name)."""
+        """The local argv of `docker exec` of `command` (through ssh on an ssh target); `app` names its
+        database sessions (application_name)."""
         options = (["-i"] if stdin else []) + (["-e", f"PGAPPNAME={app}"] if app else [])
-        return ["docker", "exec", *options, self.container, *command]
+        return self.target.command_argv([*self.docker, "exec", *options, self.container, *command])
 
     def redact(self, text: str) -> str:
         return envfile.redact(text, self.env)
@@ -138,8 +156,8 @@ class Database:
             timeout: float = 300) -> str:
         """Run a short command in the container; its stdout, or `error` naming the failure."""
         try:
-            done = subprocess.run(self.argv(command), capture_output=True, text=True, timeout=timeout,
-                                  check=False)
+            done = subprocess.run(self.argv(command), stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise error(f"`{shlex.join(command[:2])}` timed out after {timeout:g} s "
                         f"in {self.where}") from None
@@ -186,8 +204,8 @@ class Database:
                    f"--snapshot={snapshot}"]
         with tempfile.TemporaryFile() as errors:
             try:
-                done = subprocess.run(self.argv(command, app=app), stdout=dest, stderr=errors,
-                                      timeout=timeout, check=False, preexec_fn=_die_with_parent)
+                done = subprocess.run(self.argv(command, app=app), stdin=subprocess.DEVNULL, stdout=dest,
+                                      stderr=errors, timeout=timeout, check=False, preexec_fn=die_with_parent)
             except subprocess.TimeoutExpired:
                 raise BackupFailed(f"pg_dump timed out after {timeout:g} s in {self.where}") from None
             errors.seek(0)
@@ -199,18 +217,22 @@ class Database:
                                    hint="free space, or choose a larger file system with --dir")
             raise BackupFailed(self.failure(f"pg_dump in {self.where}", done.returncode, stderr))
 
-    def pump(self, command: Sequence[str], source: Path) -> Pumped:
+    def pump(self, command: Sequence[str], source: Path, *, identity: Identity | None = None) -> Pumped:
         """Feed the file `source` to `command`'s stdin in the container, and hash the file meanwhile.
 
         The `docker exec` client reads the file itself (no copy through Python); a thread hashes
         the same file at the same time, from the page cache. The whole file is hashed even when
         the command stops reading early (a corrupt archive), so the checksum can still be compared.
+        With `identity`, age decrypts the file on this machine and the plaintext goes through a pipe
+        (never a file), hashed on its way to the command.
         """
+        if identity is not None:
+            return self._pump_decrypted(command, source, identity)
         digest = _Digest()
         hasher = threading.Thread(target=digest.read, args=(source,), daemon=True)
         with source.open("rb") as f:
             proc = subprocess.Popen(self.argv(command, stdin=True), stdin=f, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                                    stderr=subprocess.PIPE, preexec_fn=die_with_parent)
             hasher.start()
             try:
                 out, err = proc.communicate()
@@ -222,7 +244,42 @@ class Database:
         if digest.error:
             raise digest.error
         return Pumped(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"),
-                      digest.sha256, digest.size, digest.head)
+                      digest.sha256, digest.size, digest.head, digest.sha256, digest.size)
+
+    def _pump_decrypted(self, command: Sequence[str], source: Path, identity: Identity) -> Pumped:
+        from finaiflow_ops.backup.encryption import age_failure
+
+        digest = _Digest()  # of the stored (encrypted) file
+        hasher = threading.Thread(target=digest.read, args=(source,), daemon=True)
+        plain = _Digest()
+        with tempfile.TemporaryFile() as age_err, tempfile.TemporaryFile() as out, \
+                tempfile.TemporaryFile() as err:
+            age = identity.decrypt(source, stdout=subprocess.PIPE, stderr=age_err)
+            proc = subprocess.Popen(self.argv(command, stdin=True), stdin=subprocess.PIPE, stdout=out,
+                                    stderr=err, preexec_fn=die_with_parent)
+            hasher.start()
+            try:
+                assert age.stdout and proc.stdin
+                plain.relay(age.stdout, proc.stdin)
+                age_status, status = age.wait(), proc.wait()
+            except BaseException:
+                for p in (age, proc):
+                    p.kill()
+                    p.wait()
+                raise
+            finally:
+                assert age.stdout
+                age.stdout.close()
+            hasher.join()
+            texts = []
+            for f in (out, err, age_err):
+                f.seek(0)
+                texts.append(f.read().decode(errors="replace"))
+        if digest.error:
+            raise digest.error
+        problem = f"decrypting it with age failed: {age_failure(texts[2])}" if age_status else ""
+        return Pumped(status, texts[0], texts[1], digest.sha256, digest.size, plain.head, plain.sha256,
+                      plain.size, problem)
 
     def snapshot(self) -> SnapshotSession:
         return SnapshotSession(self)
@@ -234,25 +291,44 @@ def quote_literal(text: str) -> str:
 
 @dataclass
 class _Digest:
-    """sha256, size and first bytes of a file, read in a thread (hashlib releases the GIL)."""
+    """sha256, size and first bytes of a stream: a file read in a thread (hashlib releases the GIL),
+    or a pipe relayed to another."""
 
     sha256: str = ""
     size: int = 0
     head: bytes = b""
     error: OSError | None = None
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256, repr=False)
 
     def read(self, path: Path) -> None:
-        digest = hashlib.sha256()
         try:
             with path.open("rb") as f:
                 while chunk := f.read(CHUNK):
-                    if len(self.head) < MAGIC_BYTES:
-                        self.head += chunk[:MAGIC_BYTES - len(self.head)]
-                    digest.update(chunk)
-                    self.size += len(chunk)
+                    self._add(chunk)
         except OSError as exc:
             self.error = exc
-        self.sha256 = digest.hexdigest()
+        self.sha256 = self._hash.hexdigest()
+
+    def relay(self, source: IO[bytes], sink: IO[bytes]) -> None:
+        """Copy `source` to `sink` to its end, hashing it; a sink that stops reading (a command that
+        failed) does not stop the hashing: the whole stream is read and its checksum compared."""
+        writing = True
+        while chunk := source.read(CHUNK):
+            self._add(chunk)
+            if writing:
+                try:
+                    sink.write(chunk)
+                except BrokenPipeError:
+                    writing = False
+        with suppress(BrokenPipeError):
+            sink.close()
+        self.sha256 = self._hash.hexdigest()
+
+    def _add(self, chunk: bytes) -> None:
+        if len(self.head) < MAGIC_BYTES:
+            self.head += chunk[:MAGIC_BYTES - len(self.head)]
+        self._hash.update(chunk)
+        self.size += len(chunk)
 
 
 class SnapshotSession:
@@ -270,7 +346,7 @@ class SnapshotSession:
             db.argv(["psql", "-U", db.user, "-d", db.name, "-X", "-q", "-A", "-t", "-F", "\t",
                      "-v", "ON_ERROR_STOP=1"], stdin=True),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors, text=True, bufsize=1,
-            preexec_fn=_die_with_parent)
+            preexec_fn=die_with_parent)
         try:
             rows = self.ask("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
                             "SELECT pg_export_snapshot(), current_setting('server_version')")

@@ -17,6 +17,7 @@ from finaiflow_ops.backup.manifest import (
     MANIFEST_SUFFIX,
     PARTIAL_SUFFIX,
     failed_marker,
+    is_encrypted_name,
     parse_name,
     read_manifest,
 )
@@ -43,6 +44,7 @@ class BackupEntry:
     age_seconds: float
     release: str = ""
     reason: str = ""
+    encrypted: bool = False  # an age-encrypted archive (NAME.dump.age): restoring it needs the identity
 
     @property
     def verified(self) -> bool:
@@ -102,7 +104,7 @@ def _make(path: Path, name: str, parsed: tuple[str, datetime], now: datetime, st
     except FileNotFoundError:  # deleted while listing (a concurrent prune)
         size = 0
     return BackupEntry(name, str(path), database, created, size, state, problem,
-                       (now - created).total_seconds(), release, reason)
+                       (now - created).total_seconds(), release, reason, is_encrypted_name(name))
 
 
 def _state(path: Path) -> tuple[str, str, str, str]:

@@ -5,6 +5,9 @@ A backup is two files in the backup directory:
     finaiflow_db-20250101T020000Z.dump         the pg_dump archive (names sort by UTC time)
     finaiflow_db-20250101T020000Z.dump.json    its manifest, written last, only after a full read-back
 
+An encrypted backup is `NAME.dump.age` (the archive encrypted with age) and `NAME.dump.age.json`,
+whose `encryption` names the tool, the recipients' public keys and the plaintext's checksum.
+
 A file without a valid manifest beside it is never a backup. Both are written under a temporary
 name, fsynced and renamed into place, so a killed run leaves only hidden `.partial` files.
 A failed verification leaves a `.failed` marker beside the archive (what was wrong, and when).
@@ -22,13 +25,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ENCRYPTED_SUFFIX",
     "MANIFEST_SUFFIX",
+    "Encryption",
     "Format",
     "Manifest",
     "atomic_write",
     "backup_name",
     "detect_format",
     "failed_marker",
+    "is_encrypted_name",
     "manifest_path",
     "parse_name",
     "read_manifest",
@@ -40,15 +46,20 @@ FAILED_SUFFIX = ".failed"
 PARTIAL_SUFFIX = ".partial"
 MANIFEST_VERSION = 1
 _STAMP = "%Y%m%dT%H%M%SZ"
-_NAME_RE = re.compile(r"(?P<db>[A-Za-z0-9_.-]+?)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<seq>\d+))?\.dump")
+_NAME_RE = re.compile(r"(?P<db>[A-Za-z0-9_.-]+?)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<seq>\d+))?\.dump(?:\.age)?")
+ENCRYPTED_SUFFIX = ".age"
 # How many bytes detect_format needs (a tar header's "ustar" is at offset 257).
 MAGIC_BYTES = 512
 
 
-def backup_name(database: str, when: datetime, seq: int = 0) -> str:
+def backup_name(database: str, when: datetime, seq: int = 0, *, encrypted: bool = False) -> str:
     """The file name of a backup of `database` started at `when` (UTC); `seq` breaks ties."""
     stamp = when.astimezone(UTC).strftime(_STAMP)
-    return f"{database}-{stamp}{f'-{seq}' if seq else ''}{SUFFIX}"
+    return f"{database}-{stamp}{f'-{seq}' if seq else ''}{SUFFIX}{ENCRYPTED_SUFFIX if encrypted else ''}"
+
+
+def is_encrypted_name(name: str) -> bool:
+    return name.endswith(SUFFIX + ENCRYPTED_SUFFIX)
 
 
 def parse_name(name: str) -> tuple[str, datetime] | None:
@@ -124,6 +135,18 @@ def _custom_detail(head: bytes) -> str:
 # -- manifest -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Encryption:
+    """How a backup file is encrypted, as its manifest records it (public keys only; see encryption.py)."""
+
+    tool: str
+    version: str
+    recipients: tuple[str, ...]  # the public keys whose private keys decrypt it
+    check_recipient: str  # the one-time key it was read back with at creation; its private half is gone
+    plaintext_sha256: str  # of the pg_dump archive inside (what `age -d` outputs)
+    plaintext_size: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything known about a backup when it was written and read back in full."""
 
@@ -144,6 +167,8 @@ class Manifest:
     schema_revision: str = ""
     project: str = ""
     reason: str = "manual"
+    # None for a plaintext archive; for an encrypted file, sha256 and size above are the stored file's.
+    encryption: Encryption | None = None
     version: int = MANIFEST_VERSION
 
     @property
@@ -152,6 +177,8 @@ class Manifest:
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
+        if self.encryption is None:
+            del data["encryption"]  # plaintext manifests stay as they always were
         for key in ("started_at", "finished_at", "verified_at"):
             data[key] = getattr(self, key).isoformat()
         data["tables"] = dict(sorted(self.tables.items()))
@@ -188,11 +215,28 @@ class Manifest:
                 schema_revision=_str(data.get("schema_revision", ""), "schema_revision"),
                 project=_str(data.get("project", ""), "project"),
                 reason=_str(data.get("reason", "manual"), "reason"),
+                encryption=_encryption(data["encryption"]) if data.get("encryption") is not None else None,
             )
         except KeyError as exc:
             raise ValueError(f"field {exc.args[0]} missing") from None
         except (TypeError, AttributeError) as exc:
             raise ValueError(f"malformed ({exc})") from None
+
+
+def _encryption(data: object) -> Encryption:
+    if not isinstance(data, dict):
+        raise ValueError("field encryption is not a JSON object")
+    recipients = data["recipients"]
+    if not isinstance(recipients, list) or not recipients:
+        raise ValueError("field encryption.recipients is not a list of public keys")
+    return Encryption(
+        tool=_str(data["tool"], "encryption.tool"),
+        version=_str(data["version"], "encryption.version"),
+        recipients=tuple(_str(r, "encryption.recipients") for r in recipients),
+        check_recipient=_str(data.get("check_recipient", ""), "encryption.check_recipient"),
+        plaintext_sha256=_sha(data["plaintext_sha256"], "encryption.plaintext_sha256"),
+        plaintext_size=_int(data["plaintext_size"], "encryption.plaintext_size"),
+    )
 
 
 def _str(value: object, name: str) -> str:
@@ -207,10 +251,10 @@ def _int(value: object, name: str) -> int:
     return value
 
 
-def _sha(value: object) -> str:
-    text = _str(value, "sha256")
+def _sha(value: object, name: str = "sha256") -> str:
+    text = _str(value, name)
     if not re.fullmatch(r"[0-9a-f]{64}", text):
-        raise ValueError("field sha256 is not a hex SHA-256 digest")
+        raise ValueError(f"field {name} is not a hex SHA-256 digest")
     return text
 
 
