@@ -67,9 +67,10 @@ def make_project(
         "2000",
     )
     assert made.returncode == 0, made.stderr
-    if extra:
-        with (directory / ".env").open("a") as env:
-            env.writelines(f"{k}={v}\n" for k, v in extra.items())
+    if extra:  # replaces the generated lines of the same keys
+        env = directory / ".env"
+        lines = [ln for ln in env.read_text().splitlines() if ln.split("=", 1)[0] not in extra]
+        env.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in extra.items())]) + "\n")
     return directory
 
 

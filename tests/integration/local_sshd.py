@@ -25,7 +25,7 @@ import pytest
 
 from finaiflow_ops.errors import TargetUnreachable
 from finaiflow_ops.target import Target
-from tests.integration.test_hardening_vps import KNOWN_HOSTS, _forget_host_key, _restore_ssh_dir, _start_agent
+from tests.ssh_support import KNOWN_HOSTS, forget_host_key, restore_ssh_dir, start_agent
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")  # compiled into Debian's sshd; normally made by its init script
@@ -106,7 +106,7 @@ def local_sshd(directory: Path) -> Iterator[LocalSshd]:
     made_privsep = not PRIVSEP_DIR.exists()
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     had_dir, had_file = KNOWN_HOSTS.parent.exists(), KNOWN_HOSTS.exists()
-    agent_pid, env = _start_agent(directory)
+    agent_pid, env = start_agent(directory)
     sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                             stderr=(directory / "sshd.log").open("wb"))
     monkey = pytest.MonkeyPatch()
@@ -128,7 +128,7 @@ def local_sshd(directory: Path) -> Iterator[LocalSshd]:
         monkey.undo()
         os.kill(agent_pid, signal.SIGTERM)
         for p in (port, flipping_port):
-            _forget_host_key(p)
-        _restore_ssh_dir(had_dir, had_file)
+            forget_host_key(p)
+        restore_ssh_dir(had_dir, had_file)
         if made_privsep:
             PRIVSEP_DIR.rmdir()

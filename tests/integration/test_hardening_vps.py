@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from finaiflow_ops.hardening.fail2ban import CHAIN, JAIL, Fail2banRule
 from finaiflow_ops.hardening.firewall import UfwRule
 from finaiflow_ops.hardening.sshd import DROP_IN, SshAuthRule
 from finaiflow_ops.target import Target
+from tests.ssh_support import KNOWN_HOSTS, forget_host_key, restore_ssh_dir, start_agent
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -105,40 +105,11 @@ def _readonly_proc_sys_but_net() -> list[str]:
             *(f"/proc/sys/{d}" for d in sys_dirs)]
 
 
-def _start_agent(keydir: Path) -> tuple[int, dict[str, str]]:
-    sock = keydir / "agent.sock"
-    out = subprocess.run(["ssh-agent", "-s", "-a", str(sock)], capture_output=True, text=True,
-                         check=True).stdout
-    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", out).group(1))  # type: ignore[union-attr]
-    env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-    subprocess.run(["ssh-add", "-q", str(keydir / "id")], env=env, check=True, capture_output=True)
-    return pid, env
-
-
-KNOWN_HOSTS = Path.home() / ".ssh" / "known_hosts"
-
-
-def _forget_host_key(port: int) -> None:
-    """accept-new records the VPS's host key in ~/.ssh/known_hosts; a later VPS on the same port
-    has another key, so the entry is removed before and after."""
-    if KNOWN_HOSTS.exists():
-        subprocess.run(["ssh-keygen", "-R", f"[127.0.0.1]:{port}"], capture_output=True, check=False)
-        Path(f"{KNOWN_HOSTS}.old").unlink(missing_ok=True)
-
-
-def _restore_ssh_dir(had_dir: bool, had_file: bool) -> None:
-    """Leave ~/.ssh as the run found it: ssh creates the directory and the file when missing."""
-    if not had_file and KNOWN_HOSTS.exists() and not KNOWN_HOSTS.read_text().strip():
-        KNOWN_HOSTS.unlink()
-    if not had_dir and KNOWN_HOSTS.parent.exists() and not any(KNOWN_HOSTS.parent.iterdir()):
-        KNOWN_HOSTS.parent.rmdir()
-
-
 @pytest.fixture(scope="module")
 def vps(vps_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vps]:
     keydir = tmp_path_factory.mktemp("vps-ssh")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keydir / "id")], check=True)
-    agent_pid, env = _start_agent(keydir)
+    agent_pid, env = start_agent(keydir)
     client = docker.from_env()
     host_config = client.api.create_host_config(
         cap_add=["NET_ADMIN"], init=True, port_bindings={22: ("127.0.0.1", None)})
@@ -153,7 +124,7 @@ def vps(vps_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vp
         container.start()
         container.reload()
         port = int(container.attrs["NetworkSettings"]["Ports"]["22/tcp"][0]["HostPort"])
-        _forget_host_key(port)
+        forget_host_key(port)
         monkey.setenv("SSH_AUTH_SOCK", env["SSH_AUTH_SOCK"])  # the library's ssh calls use the agent too
         pubkey = (keydir / "id.pub").read_text().strip()
         vps = Vps(container, Target.parse(f"ssh://root@127.0.0.1:{port}"), env)
@@ -171,8 +142,8 @@ def vps(vps_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vp
         monkey.undo()
         os.kill(agent_pid, signal.SIGTERM)
         if port:
-            _forget_host_key(port)
-        _restore_ssh_dir(had_dir, had_file)
+            forget_host_key(port)
+        restore_ssh_dir(had_dir, had_file)
 
 
 def _reachable(target: Target) -> bool:

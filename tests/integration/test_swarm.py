@@ -136,6 +136,15 @@ def test_rolling_update_and_rollback_through_the_engine_drop_no_request(swarm: S
     assert envfile.parse((Path(swarm.stack.project_dir) / ".env").read_text())["API_IMAGE"] == OLD
     history = json.loads(ok(cli(Path(swarm.stack.project_dir), "--json", "releases", "api")))
     assert [r["kind"] for r in history["releases"]][-2:] == ["deploy", "rollback"], history
+    jobs = _docker(
+        "ps", "-a", "--filter", f"label=com.docker.swarm.service.name={PROJECT}_job", "--format", "{{.Names}}"
+    ).stdout.split()
+    leftovers = [
+        n
+        for n in _docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+        if n.startswith(f"{PROJECT}_job")
+    ]
+    assert jobs == leftovers == [], f"migration job containers left behind: {leftovers}"
 
 
 def test_a_release_that_never_gets_healthy_is_rolled_back_by_the_engine(swarm: Swarm, base_url: str) -> None:

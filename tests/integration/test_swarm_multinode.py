@@ -180,7 +180,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             https_port=free_port(),
             http_port=free_port(),
             prometheus_port=free_port(),
-            extra={"API_REPLICAS": "3"},
+            extra={"API_REPLICAS": "3", "ALLOWED_HOSTS": f"staging.finaiflow.test,{addresses[leader]}"},
         )
         # The ops exporter bind-mounts the project directory of the manager it runs on.
         _docker("exec", leader, "mkdir", "-p", str(project))

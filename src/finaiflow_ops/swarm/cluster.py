@@ -9,6 +9,7 @@ URL; the manager's own tasks need no label.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import time
@@ -152,20 +153,24 @@ class Swarm:
         task = running[0]
         return self.docker_argv(task.node_id), task.container_id, task
 
-    def container(self, service: str) -> Container:
-        """The container of the running task of `service`, through its node's engine."""
+    def node_client(self, node_id: str) -> Any:
+        """The Docker SDK client of the engine of `node_id` (see docker_argv)."""
         import docker
 
-        argv, container_id, _task = self.running_container(service)
-        client = self.client
-        if len(argv) > 1:  # ["docker", "-H", URL]
-            url = argv[2]
-            if url not in self._node_clients:
-                self._node_clients[url] = docker.DockerClient(
-                    base_url=url, use_ssh_client=url.startswith("ssh://"), timeout=60
-                )
-            client = self._node_clients[url]
-        found: Container = client.containers.get(container_id)
+        argv = self.docker_argv(node_id)
+        if len(argv) == 1:
+            return self.client
+        url = argv[2]  # ["docker", "-H", URL]
+        if url not in self._node_clients:
+            self._node_clients[url] = docker.DockerClient(
+                base_url=url, use_ssh_client=url.startswith("ssh://"), timeout=60
+            )
+        return self._node_clients[url]
+
+    def container(self, service: str) -> Container:
+        """The container of the running task of `service`, through its node's engine."""
+        _argv, container_id, task = self.running_container(service)
+        found: Container = self.node_client(task.node_id).containers.get(container_id)
         return found
 
     # -- the stack file --------------------------------------------------------------------------------
@@ -366,7 +371,27 @@ class Swarm:
                 )
             return text
         finally:
-            self.stack.target.run("docker", "service", "rm", name, check=False, timeout=60)
+            self._remove_job(name)
+
+    def _remove_job(self, name: str) -> None:
+        """Remove the job service, and its finished containers: engine 20.10 leaves a job's
+        containers behind when the service goes (they would pile up, one per deploy)."""
+        import docker.errors
+
+        try:
+            nodes = {t.get("NodeID", "") for t in self.client.services.get(name).tasks()} - {""}
+        except docker.errors.NotFound:
+            nodes = set()
+        self.stack.target.run("docker", "service", "rm", name, check=False, timeout=60)
+        for node in nodes:
+            try:
+                client = self.node_client(node)
+            except UsageError:  # a node we cannot reach: its engine keeps the exited container
+                continue
+            label = {"label": f"com.docker.swarm.service.name={name}"}
+            for c in client.containers.list(all=True, filters=label):
+                with contextlib.suppress(docker.errors.APIError):
+                    c.remove(force=True)
 
     def _wait_job(self, name: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
