@@ -7,6 +7,7 @@ Target.run: the same code for local and ssh targets), and the schedule through t
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from pytest_bdd import given, scenarios, then, when
 
 from finaiflow_ops.backup import schedule
 from finaiflow_ops.backup.manifest import Manifest
+from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import CommandResult
 from tests.acceptance.conftest import Staging
 
@@ -54,6 +56,23 @@ def scheduled(backups: Backups) -> None:
     if seen.scheduler == "cron":
         assert "backup create" in seen.entry and "backup prune" in seen.entry, (
             f"{backups.staging.name}: the daily job does not back up then prune: {seen.entry}")
+    # An entry that runs a finaiflow-ops which is no longer there (a venv rebuilt elsewhere, an
+    # uninstall) is installed and its scheduler runs, yet no backup is ever taken.
+    executable = job_executable(stack, seen)
+    assert stack.target.run("test", "-x", executable, check=False).ok, (
+        f"{backups.staging.name}: the daily job runs {executable}, which is not an executable there")
+
+
+def job_executable(stack: Stack, seen: schedule.ScheduleStatus) -> str:
+    """The program the installed daily job runs: the first word of its command."""
+    if seen.scheduler == "cron":
+        command = seen.entry.splitlines()[-1].split(None, 5)[5].replace(r"\%", "%")
+    else:
+        unit_file = f"{schedule.SYSTEMD_DIR}/{schedule.unit_name(stack.project_dir)}.service"
+        unit = stack.target.read_text(unit_file)
+        exec_start = next((ln for ln in unit.splitlines() if ln.startswith("ExecStart=")), "ExecStart=")
+        command = (shlex.split(exec_start.removeprefix("ExecStart=")) or ["", "", ""])[-1]  # /bin/sh -c CMD
+    return next((word for word in shlex.split(command) if word != "{"), "(none)")
 
 
 @then(f"the newest verified backup is younger than {MAX_AGE_HOURS} hours")

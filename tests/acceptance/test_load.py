@@ -30,11 +30,19 @@ def gate_verdict(request: pytest.FixtureRequest, staging: Staging) -> dict[str, 
     if request.config.getoption("--run-load"):
         if not staging.stack.target.is_local and not request.config.getoption("--allow-destructive"):
             pytest.fail(f"--run-load deploys on {staging.name}: pass --allow-destructive too")
-        subprocess.run(
+        before = releases.read_state(staging.stack, "loadgate.json")
+        gate = subprocess.run(
             [sys.executable, "-m", "loadtests.gate", "--target", staging.name, "--project-dir",
              staging.stack.project_dir, "--host", staging.base_url],
-            cwd=REPO, timeout=900, check=False,
+            cwd=REPO, timeout=900, check=False, stderr=subprocess.PIPE, text=True,
         )
+        sys.stderr.write(gate.stderr)  # its progress, kept in the test's captured output
+        # A gate that stopped before its verdict (the deploy lock held, no other release, a crash)
+        # leaves the previous verdict in place: that one must not answer for the run asked for.
+        last = (gate.stderr.strip().splitlines() or ["no output"])[-1]
+        assert releases.read_state(staging.stack, "loadgate.json") != before, (
+            f"{staging.name}: the gate run by --run-load recorded no verdict "
+            f"(exit {gate.returncode}): {last}")
     text = releases.read_state(staging.stack, "loadgate.json")
     assert text, (f"{staging.name}: the zero-downtime gate never ran here: run `nox -s load` against it "
                   f"(or this checklist with --run-load)")

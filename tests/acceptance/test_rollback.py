@@ -2,6 +2,7 @@
 
 The drill changes the target, so it runs on the local reference stack, and on a remote target
 only with --allow-destructive. Whatever happens, the api is put back on the release it ran.
+Which release a rollback would return to is read from the history on the target (changes nothing).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from finaiflow_ops import rollout
-from finaiflow_ops.rollout import DeployFailed, DeployResult
+from finaiflow_ops import releases, rollout
+from finaiflow_ops.errors import UsageError
+from finaiflow_ops.releases import Release
+from finaiflow_ops.rollout import DeployFailed, DeployResult, _previous_other
 from finaiflow_ops.stack import Stack
 from tests.acceptance.conftest import Staging
 from tests.rollout_support import (
@@ -24,6 +27,7 @@ from tests.rollout_support import (
     built,
     failures,
     put_back_afterwards,
+    serving,
     traffic,
     version,
 )
@@ -50,6 +54,34 @@ def drill(request: pytest.FixtureRequest, stack: Stack, base_url: str) -> Iterat
         found = Drill(running[0].image, len(running), version(base_url))
         with found.exits:  # the traffic stops before the api is put back
             yield found
+
+
+@when("I ask the release history which release a rollback of the api would return to",
+      target_fixture="rollback_target")
+def rollback_target(staging: Staging) -> Release | None:
+    """What `rollout.rollback` would pick now: the release before the current one (redeploys of
+    the same image skipped); when what runs is not what the history says, a rollback records it
+    first and returns to the history's current release."""
+    past = releases.history(staging.stack, SERVICE)
+    current = past.current_release
+    running = {c.image_id for c in serving(staging.stack)}
+    if current is not None and running != {current.image_id}:
+        return current
+    return _previous_other(past, current)
+
+
+@then("that release's image is still on the target, the very image it ran")
+def rollback_image_present(staging: Staging, rollback_target: Release | None) -> None:
+    if rollback_target is None:
+        return  # nothing was deployed before this release: nothing to go back to (the drill proves the path)
+    ran = rollback_target.image_id
+    try:
+        seen = rollout.image_id(staging.stack, rollback_target.image)
+        where = f"now {seen[:19]}, not the {ran[:19]} it ran"
+    except UsageError:
+        seen, where = "", "no longer on the target"
+    assert seen == ran, (f"{staging.name}: a rollback of {SERVICE} would return to release "
+                         f"{rollback_target.label}, whose image is {where}")
 
 
 @given("steady traffic through nginx")

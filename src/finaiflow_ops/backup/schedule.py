@@ -3,9 +3,8 @@
 The job is `backup create && backup prune`: prune runs only after a backup succeeded, and refuses
 on its own when the newest verified backup is stale. Installing is idempotent (our entry is found
 by a marker comment naming the project directory, so several stacks can share a host) and
-`remove` takes out only our entry. Everything goes through Target.run, so local, ssh and docker
-targets work alike; the crontab is written with `crontab -` (which validates it) and never edited
-in place.
+`remove` takes out only our entry. The mechanism (crontab and systemd, through Target.run) is
+finaiflow_ops.schedule, shared with the certificate renewal; this module renders the job.
 """
 
 from __future__ import annotations
@@ -14,24 +13,19 @@ import hashlib
 import re
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from finaiflow_ops import schedule as scheduling
 from finaiflow_ops.errors import UsageError
+from finaiflow_ops.schedule import SYSTEMD_DIR, scheduler
 from finaiflow_ops.target import Target
 
-__all__ = ["Job", "ScheduleStatus", "install", "remove", "resolve_executable", "status"]
+__all__ = ["SYSTEMD_DIR", "Job", "ScheduleStatus", "install", "remove", "resolve_executable", "scheduler",
+           "status"]
 
 MARK = "# finaiflow-ops backup schedule:"
-SYSTEMD_DIR = "/etc/systemd/system"
 _TIME_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
-# Whether cron runs: Debian's cron writes its pid there; a killed cron whose parent does not reap
-# it is a zombie, which `kill -0` would still find, hence its state (pgrep for other crons).
-_CRON_RUNNING = (
-    'pid=$(cat /run/crond.pid 2>/dev/null) '
-    '&& state=$(sed -n "s/^State:[[:space:]]*\\([A-Z]\\).*/\\1/p" "/proc/$pid/status" 2>/dev/null) '
-    '&& [ -n "$state" ] && [ "$state" != Z ] || pgrep -x crond >/dev/null 2>&1'
-)
 
 
 @dataclass(frozen=True)
@@ -73,11 +67,19 @@ class Job:
     def log(self) -> str:
         return str(PurePosixPath(self.directory) / "schedule.log")
 
-    def cron_block(self) -> str:
-        """The two crontab lines: our marker, and the entry (cron reads a bare % as a newline)."""
+    @property
+    def marker(self) -> str:
+        return marker(self.project_dir)
+
+    def cron_line(self) -> str:
+        """The crontab entry (cron reads a bare % as a newline)."""
         hour, minute = self.hour_minute
         line = f"{{ {self.command()}; }} >>{shlex.quote(self.log)} 2>&1".replace("%", r"\%")
-        return f"{MARK} {self.project_dir}\n{minute} {hour} * * * {line}\n"
+        return f"{minute} {hour} * * * {line}"
+
+    def cron_block(self) -> str:
+        """The two crontab lines: our marker, and the entry."""
+        return f"{self.marker}\n{self.cron_line()}\n"
 
     @property
     def unit(self) -> str:
@@ -105,6 +107,11 @@ class Job:
         return {f"{self.unit}.service": service, f"{self.unit}.timer": timer}
 
 
+def marker(project_dir: str) -> str:
+    """The comment line above the crontab entry of a project directory's daily backup."""
+    return f"{MARK} {project_dir}"
+
+
 def unit_name(project_dir: str) -> str:
     """A systemd unit name unique to a project directory (several stacks may share a host)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", PurePosixPath(project_dir).name).strip("-") or "root"
@@ -128,15 +135,6 @@ class ScheduleStatus:
         return self.installed and self.running
 
 
-def scheduler(target: Target) -> str:
-    """systemd when it is the host's init, else cron when crontab exists, else none."""
-    if target.exists("/run/systemd/system"):
-        return "systemd"
-    if target.run("sh", "-c", "command -v crontab", check=False).ok:
-        return "cron"
-    return "none"
-
-
 def resolve_executable(target: Target, executable: str | None) -> str:
     """The finaiflow-ops the job runs: given, or this one (local), or the target's on its PATH."""
     if executable is None:
@@ -153,59 +151,14 @@ def resolve_executable(target: Target, executable: str | None) -> str:
     return executable
 
 
-# -- cron --------------------------------------------------------------------------------------------
-
-def _crontab(target: Target) -> str:
-    result = target.run("crontab", "-l", check=False)
-    if result.ok:
-        return result.stdout
-    if "no crontab" in result.stderr:
-        return ""
-    raise UsageError(f"cannot read the crontab on {target}: {result.stderr.strip() or result.exit_status}")
-
-
 def without_block(crontab: str, project_dir: str) -> str:
     """The crontab with our entry for `project_dir` (marker line and the line after it) taken out."""
-    lines = crontab.splitlines(keepends=True)
-    out, skip = [], False
-    for line in lines:
-        if skip:
-            skip = False
-            continue
-        if line.rstrip("\n") == f"{MARK} {project_dir}":
-            skip = True
-            continue
-        out.append(line)
-    return "".join(out)
+    return scheduling.merge_block(crontab, marker(project_dir), None)
 
 
-def _block(crontab: str, project_dir: str) -> str:
-    lines = crontab.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.rstrip("\n") == f"{MARK} {project_dir}":
-            return "".join(lines[i:i + 2])
-    return ""
-
-
-def _write_crontab(target: Target, content: str) -> None:
-    if not content.strip():
-        target.run("crontab", "-r")  # as it was before our entry: no crontab at all
-        return
-    # Through argv, not stdin: Target.run feeds stdin on local targets only.
-    target.run("sh", "-c", 'printf "%s" "$1" | crontab -', "crontab", content)
-
-
-# -- systemd ------------------------------------------------------------------------------------------
-
-def _write_file(target: Target, path: str, content: str) -> None:
-    script = 'umask 022 && printf "%s" "$2" >"$1.tmp" && mv "$1.tmp" "$1"'
-    target.run("sh", "-c", script, "write", path, content)
-
-
-def _timer_state(target: Target, unit: str) -> tuple[bool, bool]:
-    enabled = target.run("systemctl", "is-enabled", f"{unit}.timer", check=False).ok
-    active = target.run("systemctl", "is-active", f"{unit}.timer", check=False).ok
-    return enabled, active
+def _units(project_dir: str) -> tuple[str, str]:
+    unit = unit_name(project_dir)
+    return f"{unit}.service", f"{unit}.timer"
 
 
 # -- the operations ------------------------------------------------------------------------------------
@@ -213,16 +166,16 @@ def _timer_state(target: Target, unit: str) -> tuple[bool, bool]:
 def status(target: Target, project_dir: str) -> ScheduleStatus:
     kind = scheduler(target)
     if kind == "systemd":
-        unit = unit_name(project_dir)
-        enabled, active = _timer_state(target, unit)
+        timer = _units(project_dir)[1]
+        enabled, active = scheduling.timer_state(target, timer)
         entry = ""
         if enabled:
-            timer = target.run("cat", f"{SYSTEMD_DIR}/{unit}.timer", check=False).stdout
-            entry = next((ln for ln in timer.splitlines() if ln.startswith("OnCalendar=")), "")
+            text = target.run("cat", f"{SYSTEMD_DIR}/{timer}", check=False).stdout
+            entry = next((ln for ln in text.splitlines() if ln.startswith("OnCalendar=")), "")
         return ScheduleStatus(str(target), project_dir, kind, enabled, active, entry)
     if kind == "cron":
-        block = _block(_crontab(target), project_dir)
-        running = target.run("sh", "-c", _CRON_RUNNING, check=False).ok
+        block = scheduling.find_block(scheduling.read_crontab(target), marker(project_dir))
+        running = scheduling.cron_running(target)
         return ScheduleStatus(str(target), project_dir, kind, bool(block), running, block.strip())
     return ScheduleStatus(str(target), project_dir, kind, False, False, "")
 
@@ -233,28 +186,11 @@ def install(target: Target, job: Job) -> ScheduleStatus:
     if kind == "none":
         raise UsageError(f"{target} has neither systemd nor cron to run the daily backup",
                          hint="install cron (apt-get install cron) and start it")
-    changed = False
     if kind == "cron":
-        current = _crontab(target)
-        rest = without_block(current, job.project_dir)
-        wanted = rest + ("" if not rest or rest.endswith("\n") else "\n") + job.cron_block()
-        if wanted != current:
-            _write_crontab(target, wanted)
-            changed = True
+        changed = scheduling.set_cron_entry(target, job.marker, job.cron_line())
     else:
-        for name, text in job.systemd_units().items():
-            path = f"{SYSTEMD_DIR}/{name}"
-            if target.run("cat", path, check=False).stdout != text:
-                _write_file(target, path, text)
-                changed = True
-        if changed:
-            target.run("systemctl", "daemon-reload")
-        if _timer_state(target, job.unit) != (True, True):
-            target.run("systemctl", "enable", "--now", f"{job.unit}.timer")
-            changed = True
-    result = status(target, job.project_dir)
-    return ScheduleStatus(result.target, result.project_dir, result.scheduler, result.installed,
-                          result.running, result.entry, changed)
+        changed = scheduling.install_units(target, job.systemd_units())
+    return replace(status(target, job.project_dir), changed=changed)
 
 
 def remove(target: Target, project_dir: str) -> ScheduleStatus:
@@ -262,18 +198,7 @@ def remove(target: Target, project_dir: str) -> ScheduleStatus:
     kind = scheduler(target)
     changed = False
     if kind == "cron":
-        current = _crontab(target)
-        rest = without_block(current, project_dir)
-        if rest != current:
-            _write_crontab(target, rest)
-            changed = True
+        changed = scheduling.set_cron_entry(target, marker(project_dir), None)
     elif kind == "systemd":
-        unit = unit_name(project_dir)
-        if target.exists(f"{SYSTEMD_DIR}/{unit}.timer"):
-            target.run("systemctl", "disable", "--now", f"{unit}.timer", check=False)
-            target.run("rm", "-f", f"{SYSTEMD_DIR}/{unit}.timer", f"{SYSTEMD_DIR}/{unit}.service")
-            target.run("systemctl", "daemon-reload")
-            changed = True
-    result = status(target, project_dir)
-    return ScheduleStatus(result.target, result.project_dir, result.scheduler, result.installed,
-                          result.running, result.entry, changed)
+        changed = scheduling.remove_units(target, _units(project_dir))
+    return replace(status(target, project_dir), changed=changed)

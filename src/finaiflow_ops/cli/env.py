@@ -8,9 +8,9 @@ import click
 from rich.table import Table
 
 from finaiflow_ops import envfile
-from finaiflow_ops.cli.options import Options, pass_options
+from finaiflow_ops.cli.options import Options, emit, pass_options
 from finaiflow_ops.errors import CheckFailed, UsageError
-from finaiflow_ops.output import out, print_json
+from finaiflow_ops.output import out
 
 
 @click.group()
@@ -48,10 +48,8 @@ def env_generate(opts: Options, domain: str, extra_hosts: tuple[str, ...], bind:
                               https_port=https_port, api_image=api_image, rate_limit_rps=rate_limit,
                               project_name=project_name, prometheus_port=prometheus_port)
     written = envfile.write(path, values, force=force)
-    if opts.json:
-        print_json({"path": str(written), "keys": sorted(values)})
-    else:
-        out.print(f"wrote {written} (mode 0600, {len(values)} keys; secrets generated, not shown)")
+    done = f"wrote {written} (mode 0600, {len(values)} keys; secrets generated, not shown)"
+    emit(opts, {"path": str(written), "keys": sorted(values)}, lambda _: out.print(done))
 
 
 @env.command("check")
@@ -61,18 +59,21 @@ def env_check(opts: Options) -> None:
     loaded = opts.stack.load_env() if not opts.target.is_local else envfile.load(Path(opts.stack.env_path))
     findings = envfile.check(loaded)
     path = f"{opts.stack.env_path}" + ("" if opts.target.is_local else f" on {opts.target}")
-    if opts.json:
-        print_json({"path": path, "ok": not findings, "findings": findings})
-    elif not findings:
-        out.print(f"{path}: ok for production")
-    else:
-        table = Table(title=f"{path}: {len(findings)} problem(s)", title_justify="left")
-        table.add_column("key")
-        table.add_column("problem")
-        for f in findings:
-            table.add_row(f.key, f.problem)
-        out.print(table)
+    emit(opts, {"path": path, "ok": not findings, "findings": findings},
+         lambda _: _print_findings(path, findings))
     if findings:
         raise CheckFailed(f"{path} is not ready for production ({len(findings)} problem(s))",
                           problems=[f"{f.key}: {f.problem}" for f in findings],
                           hint="fix the keys named above")
+
+
+def _print_findings(path: str, findings: list[envfile.Finding]) -> None:
+    if not findings:
+        out.print(f"{path}: ok for production")
+        return
+    table = Table(title=f"{path}: {len(findings)} problem(s)", title_justify="left")
+    table.add_column("key")
+    table.add_column("problem")
+    for f in findings:
+        table.add_row(f.key, f.problem)
+    out.print(table)

@@ -6,10 +6,10 @@ import click
 from rich.table import Table
 
 from finaiflow_ops import hardening
-from finaiflow_ops.cli.options import Options, pass_options, progress
+from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.errors import CheckFailed
 from finaiflow_ops.hardening import ApplyReport, AuditReport, Outcome, Status
-from finaiflow_ops.output import err, out, print_json
+from finaiflow_ops.output import err, out
 
 _STATUS_COLOUR = {Status.PASS: "green", Status.FAIL: "red", Status.ERROR: "red", Status.SKIP: "yellow"}
 _OUTCOME_COLOUR = {Outcome.CHANGED: "cyan", Outcome.UNCHANGED: "green", Outcome.SKIPPED: "yellow",
@@ -38,10 +38,7 @@ def harden_audit(opts: Options, only: tuple[str, ...], nginx_logs: str | None) -
     """Check every rule on the target (exit 1 when a high-severity rule fails)."""
     hardening.select(only)  # an unknown id is a usage error before anything runs
     report = hardening.audit(_context(opts, nginx_logs), only=only, progress=progress)
-    if opts.json:
-        print_json(report)
-    else:
-        _print_audit(report)
+    emit(opts, report, _print_audit)
     if not report.passed:
         raise CheckFailed(f"high-severity rules fail: {', '.join(report.high_failures)}",
                           hint="see the findings above; `finaiflow-ops harden apply` fixes what it can")
@@ -57,10 +54,7 @@ def harden_apply(opts: Options, only: tuple[str, ...], nginx_logs: str | None) -
     where = f"{opts.target} (this machine)" if opts.target.is_local else str(opts.target)
     opts.confirm(f"apply {len(rules)} hardening rule(s) to {where}: firewall, sshd, fail2ban, sysctl, files?")
     report = hardening.apply(_context(opts, nginx_logs), only=only, progress=progress)
-    if opts.json:
-        print_json(report)
-    else:
-        _print_apply(report)
+    emit(opts, report, _print_apply)
     if not report.ok:
         left = [c.rule for c in report.changes if not c.ok]
         raise CheckFailed(f"not compliant after apply: {', '.join(left)}", hint="see the reasons above")

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from finaiflow_ops import logs as logs_
 from finaiflow_ops import monitoring
-from finaiflow_ops.cli.options import Options, pass_options
+from finaiflow_ops.cli.options import Options, emit, pass_options
 from finaiflow_ops.errors import CheckFailed
-from finaiflow_ops.output import jsonable, out, print_json
+from finaiflow_ops.output import jsonable, out
 
 _COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
 
@@ -31,21 +31,27 @@ def check(opts: Options, url: str | None, max_backup_age: float, min_cert_days: 
     """
     report = monitoring.check(opts.stack, url=url, backup_max_age_hours=max_backup_age,
                               cert_min_days=min_cert_days)
-    if opts.json:
-        print_json(report)
-    else:
-        title = f"check of {report.project} on {report.target} ({report.url})"
-        table = Table(title=title, title_justify="left")
-        for column in ("check", "status", "detail"):
-            table.add_column(column)
-        for item in report.items:
-            colour = _COLOURS[item.status]
-            table.add_row(item.name, f"[{colour}]{item.status}[/{colour}]", item.detail)
-        out.print(table)
+    emit(opts, report, _print_check)
     if not report.ok:
         raise CheckFailed(f"check failed on {report.target}: {'; '.join(report.failing)}",
                           problems=report.failing,
                           hint="for a failing service, see `finaiflow-ops logs SERVICE --since 15m`")
+
+
+def _print_check(report: monitoring.CheckReport) -> None:
+    title = f"check of {report.project} on {report.target} ({report.url})"
+    table = Table(title=title, title_justify="left")
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    for item in report.items:
+        colour = _COLOURS[item.status]
+        table.add_row(item.name, f"[{colour}]{item.status}[/{colour}]", item.detail)
+    out.print(table)
+
+
+def _print_lines(result: logs_.Logs) -> None:
+    for line in result.lines:
+        out.print(line.text, markup=False, highlight=False)
 
 
 @click.command("logs")
@@ -62,12 +68,7 @@ def logs(opts: Options, service: str | None, since: str | None, tail: int | None
     """
     when = logs_.parse_since(since) if since else None
     if not follow:
-        result = logs_.read(opts.stack, service, since=when, tail=tail)
-        if opts.json:
-            print_json(result)
-        else:
-            for line in result.lines:
-                out.print(line.text, markup=False, highlight=False)
+        emit(opts, logs_.read(opts.stack, service, since=when, tail=tail), _print_lines)
         return
     try:
         for line in logs_.follow(opts.stack, service, since=when, tail=tail):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from finaiflow_ops.errors import UsageError
-from finaiflow_ops.output import err
+from finaiflow_ops.output import err, print_json
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
 
@@ -47,6 +49,16 @@ class Options:
 
 
 pass_options = click.make_pass_decorator(Options)
+
+R = TypeVar("R")
+
+
+def emit(opts: Options, result: R, render: Callable[[R], object]) -> None:
+    """Print a command's result: as JSON with --json, else for a person through `render`."""
+    if opts.json:
+        print_json(result)
+    else:
+        render(result)
 
 
 def progress(message: str) -> None:

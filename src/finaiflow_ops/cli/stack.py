@@ -7,9 +7,9 @@ from dataclasses import replace
 import click
 from rich.table import Table
 
-from finaiflow_ops.cli.options import Options, pass_options, progress
+from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.errors import CheckFailed
-from finaiflow_ops.output import err, out, print_json
+from finaiflow_ops.output import err, out
 from finaiflow_ops.stack import BACKENDS, StackStatus
 
 
@@ -33,7 +33,7 @@ def stack_up(opts: Options, timeout: float, staging: bool, backend: str) -> None
         from finaiflow_ops import staging as staging_setup
 
         staging_setup.prepare(stack, progress=progress)
-    _print_status(opts, status)
+    emit(opts, status, _print_status)
     if not opts.json:
         https = [u for u in status.urls if u.startswith("https://")]
         out.print(f"serving at {https[0] if https else '(no HTTPS port published)'}")
@@ -55,16 +55,13 @@ def stack_down(opts: Options, volumes: bool) -> None:
 def stack_status(opts: Options) -> None:
     """Services, containers, images, health and published URLs (exit 1 if any is not healthy)."""
     status = opts.stack.status()
-    _print_status(opts, status)
+    emit(opts, status, _print_status)
     if not status.healthy:
         sick = [s.name for s in status.services if not s.healthy]
         raise CheckFailed(f"not healthy: {', '.join(sick)}", hint="see `finaiflow-ops stack up` or the logs")
 
 
-def _print_status(opts: Options, status: StackStatus) -> None:
-    if opts.json:
-        print_json(status)
-        return
+def _print_status(status: StackStatus) -> None:
     table = Table(title=f"{status.project} on {status.target}", title_justify="left")
     for column in ("service", "container", "state", "health", "image", "ports"):
         table.add_column(column)

@@ -15,9 +15,9 @@ import click
 from rich.table import Table
 
 from finaiflow_ops import tls
-from finaiflow_ops.cli.options import Options, pass_options, progress
+from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.errors import CheckFailed, UsageError
-from finaiflow_ops.output import err, out, print_json
+from finaiflow_ops.output import err, out
 
 
 @click.group("tls")
@@ -67,11 +67,7 @@ def tls_issue(opts: Options, domains: tuple[str, ...], email: str | None, standa
     opts.confirm(f"request a certificate and make nginx serve it on {opts.target}?")
     result = tls.issue(opts.stack, domains=domains, email=email, options=acme, standalone=standalone,
                        http_port=http_port, force=force_renewal, progress=progress)
-    if opts.json:
-        print_json(result)
-        return
-    _print_certificate(result.certificate, title=f"issued by {result.server} in {result.seconds} s")
-    out.print(f"lineage: {result.lineage}; served by nginx: {'yes' if result.installed else 'no'}")
+    emit(opts, result, _print_issued)
 
 
 @tls_group.command("install")
@@ -98,12 +94,7 @@ def tls_install(opts: Options, lineage: str | None, cert_path: str | None, key_p
         lineage = lineage or posixpath.join(acme.state_dir(stack), "config", "live", name)
         result = tls.install_lineage(stack, lineage, ca_files=acme.ca_files, domains=domains,
                                      renew_window_days=acme.renew_window_days, progress=progress)
-    if opts.json:
-        print_json(result)
-        return
-    _print_certificate(result.certificate, title="installed" if result.changed else "already installed")
-    for note in result.notes:
-        err.print(f"note: {note}")
+    emit(opts, result, _print_installed)
 
 
 @tls_group.command("renew")
@@ -118,11 +109,8 @@ def tls_renew(opts: Options, dry_run: bool, force: bool, domain: str | None, acm
         opts.confirm(f"renew the certificate on {opts.target} if due?")
     result = tls.renew(opts.stack, options=acme, domain=domain, dry_run=dry_run, force=force,
                        progress=progress)
-    if opts.json:
-        print_json(result)
-        return
     what = "dry run passed" if dry_run else ("renewed and installed" if result.renewed else "not due")
-    out.print(f"{what} ({result.seconds} s); lineage {result.lineage}")
+    emit(opts, result, lambda r: out.print(f"{what} ({r.seconds} s); lineage {r.lineage}"))
 
 
 @tls_group.command("schedule")
@@ -137,12 +125,7 @@ def tls_schedule(opts: Options, remove: bool, kind: str, acme: tls.AcmeOptions) 
     command = acme.ops_command or tls.acme.default_executable(opts.stack, "finaiflow-ops")
     result = tls.schedule(opts.stack, ops_command=command, remove=remove, extra=acme.cli_args(),
                           kind=cast("Literal['auto', 'cron', 'systemd']", kind))
-    if opts.json:
-        print_json(result)
-        return
-    state = "installed" if result.installed else "removed"
-    out.print(f"{result.kind} renewal {state}{'' if result.changed else ' (already so, nothing changed)'}: "
-              f"{result.entry}")
+    emit(opts, result, _print_schedule)
 
 
 @tls_group.command("inspect")
@@ -151,12 +134,7 @@ def tls_schedule(opts: Options, remove: bool, kind: str, acme: tls.AcmeOptions) 
 def tls_inspect(opts: Options, file: str) -> None:
     """Subject, names, issuer, days left, key type of a PEM certificate file (and its chain)."""
     report = tls.inspect_pem(tls.read_file(opts.target, file, what="certificate file"), source=file)
-    if opts.json:
-        print_json(report)
-        return
-    _print_certificate(report.leaf, title=file)
-    for i, cert in enumerate(report.chain, start=2):
-        out.print(f"chain {i}: {cert.subject} (issuer {cert.issuer}, {cert.days_left} days left)")
+    emit(opts, report, functools.partial(_print_chain, title=file))
 
 
 @tls_group.command("check")
@@ -188,15 +166,7 @@ def tls_check(opts: Options, url: str | None, servername: str | None, ca_file: s
     fingerprint = tls.read_installed(stack).fingerprint if compare else None
     report = tls.check_endpoint(url, servername=servername, ca_file=ca_file, verify=not insecure,
                                 installed_fingerprint=fingerprint, http_url=http_url, min_days=min_days)
-    if opts.json:
-        print_json(report)
-    else:
-        table = Table(title=f"{report.url} ({report.servername})", title_justify="left")
-        for column in ("check", "result", "detail"):
-            table.add_column(column)
-        for f in report.findings:
-            table.add_row(f.check, "[green]ok[/green]" if f.ok else "[red]FAIL[/red]", f.detail)
-        out.print(table)
+    emit(opts, report, _print_endpoint)
     if not report.ok:
         raise CheckFailed(f"{report.url} fails {len(report.problems)} TLS check(s): {report.problems[0]}",
                           problems=report.problems, hint="see the table (or --json) for every check")
@@ -207,10 +177,7 @@ def tls_check(opts: Options, url: str | None, servername: str | None, ca_file: s
 def tls_dev_ca(opts: Options) -> None:
     """The development CA's certificate file (made on first use): give it to clients as their CA."""
     ca = tls.ensure_dev_ca()
-    if opts.json:
-        print_json(ca)
-    else:
-        out.print(str(ca.cert_path))
+    emit(opts, ca, lambda c: out.print(str(c.cert_path)))
 
 
 @tls_group.command("dev-cert")
@@ -220,11 +187,44 @@ def tls_dev_cert(opts: Options, domains: tuple[str, ...]) -> None:
     """Issue a staging certificate from the development CA and install it (replaces the self-signed one)."""
     opts.confirm(f"replace the certificate nginx serves on {opts.target} with a development one?")
     result = tls.install_dev_certificate(opts.stack, domains=domains, progress=progress)
-    if opts.json:
-        print_json(result)
-        return
+    emit(opts, result, _print_dev_certificate)
+
+
+def _print_issued(result: tls.IssueResult) -> None:
+    _print_certificate(result.certificate, title=f"issued by {result.server} in {result.seconds} s")
+    out.print(f"lineage: {result.lineage}; served by nginx: {'yes' if result.installed else 'no'}")
+
+
+def _print_installed(result: tls.InstallResult) -> None:
+    _print_certificate(result.certificate, title="installed" if result.changed else "already installed")
+    for note in result.notes:
+        err.print(f"note: {note}")
+
+
+def _print_dev_certificate(result: tls.InstallResult) -> None:
     _print_certificate(result.certificate, title="development certificate installed")
     out.print(f"verify with: --ca-file {tls.ensure_dev_ca().cert_path}")
+
+
+def _print_schedule(result: tls.Schedule) -> None:
+    state = "installed" if result.installed else "removed"
+    out.print(f"{result.kind} renewal {state}{'' if result.changed else ' (already so, nothing changed)'}: "
+              f"{result.entry}")
+
+
+def _print_chain(report: tls.ChainReport, *, title: str) -> None:
+    _print_certificate(report.leaf, title=title)
+    for i, cert in enumerate(report.chain, start=2):
+        out.print(f"chain {i}: {cert.subject} (issuer {cert.issuer}, {cert.days_left} days left)")
+
+
+def _print_endpoint(report: tls.EndpointReport) -> None:
+    table = Table(title=f"{report.url} ({report.servername})", title_justify="left")
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for f in report.findings:
+        table.add_row(f.check, "[green]ok[/green]" if f.ok else "[red]FAIL[/red]", f.detail)
+    out.print(table)
 
 
 def _print_certificate(cert: tls.CertificateInfo, *, title: str) -> None:

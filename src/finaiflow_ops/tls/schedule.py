@@ -3,7 +3,9 @@
 Both run `finaiflow-ops ... tls renew` on the target twice a day (Let's Encrypt's advice) at a
 minute drawn from the project directory, so hosts and stacks do not all renew at once.
 Installing is idempotent (the entry is recognised by its marker and replaced, never added
-twice) and `remove` takes it out again, leaving the rest of the crontab as it was.
+twice) and `remove` takes it out again, leaving the rest of the crontab as it was. The mechanism
+(crontab and systemd, through Target.run) is finaiflow_ops.schedule, shared with the daily backup;
+this module renders the renewal job.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from finaiflow_ops import schedule as scheduling
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.stack import Stack
-from finaiflow_ops.target import Target
 
 __all__ = [
     "CRON_MARKER",
@@ -31,7 +33,7 @@ __all__ = [
 
 Kind = Literal["cron", "systemd"]
 CRON_MARKER = "# finaiflow-ops tls renew for "
-SYSTEMD_DIR = "/etc/systemd/system"
+_CRONTAB_HINT = "install cron (apt-get install cron), or use --kind systemd"
 
 
 @dataclass(frozen=True)
@@ -68,21 +70,7 @@ def cron_line(project_dir: str, command: str, log: str) -> str:
 
 def merge_crontab(existing: str, project_dir: str, line: str | None) -> str:
     """`existing` with this project's entry replaced by `line` (or removed when None); others kept."""
-    marker = CRON_MARKER + project_dir
-    lines = existing.splitlines()
-    kept: list[str] = []
-    skip = False
-    for ln in lines:
-        if skip:
-            skip = False
-            continue
-        if ln.strip() == marker:
-            skip = True  # the entry is the line after its marker
-            continue
-        kept.append(ln)
-    if line is not None:
-        kept += [marker, line]
-    return "\n".join(kept) + ("\n" if kept else "")
+    return scheduling.merge_block(existing, CRON_MARKER + project_dir, line)
 
 
 def unit_name(project: str) -> str:
@@ -111,10 +99,6 @@ def systemd_units(project: str, project_dir: str, command: str) -> dict[str, str
     return {f"{name}.service": service, f"{name}.timer": timer}
 
 
-def _has_systemd(target: Target) -> bool:
-    return target.run("test", "-d", "/run/systemd/system", check=False).ok
-
-
 def schedule(
     stack: Stack,
     *,
@@ -126,48 +110,15 @@ def schedule(
 ) -> Schedule:
     """Install (or `remove`) the renewal schedule on the stack's target."""
     target = stack.target
-    chosen: Kind = kind if kind != "auto" else ("systemd" if _has_systemd(target) else "cron")
+    chosen: Kind = kind if kind != "auto" else ("systemd" if scheduling.has_systemd(target) else "cron")
     command = renew_command(stack, ops_command=ops_command, extra=extra)
     if chosen == "systemd":
-        return _systemd(stack, command, remove=remove)
+        units = systemd_units(stack.project, stack.project_dir, command)
+        timer = next(n for n in units if n.endswith(".timer"))
+        changed = (scheduling.remove_units(target, units) if remove
+                   else scheduling.install_units(target, units))
+        return Schedule(str(target), "systemd", timer, command, changed, not remove)
     line = cron_line(stack.project_dir, command, log or f"{stack.project_dir}/letsencrypt-renew.log")
-    current = _read_crontab(target)
-    wanted = merge_crontab(current, stack.project_dir, None if remove else line)
-    changed = wanted != (current if not current or current.endswith("\n") else current + "\n")
-    if changed:
-        target.run("sh", "-c", 'printf "%s" "$1" | crontab -', "sh", wanted)
+    changed = scheduling.set_cron_entry(target, CRON_MARKER + stack.project_dir, None if remove else line,
+                                        hint=_CRONTAB_HINT)
     return Schedule(str(target), "cron", line, command, changed, not remove)
-
-
-def _read_crontab(target: Target) -> str:
-    result = target.run("crontab", "-l", check=False)
-    if result.ok:
-        return result.stdout
-    if "no crontab" in result.stderr.lower():
-        return ""
-    raise UsageError(f"cannot read the crontab on {target}: {result.stderr.strip() or result.exit_status}",
-                     hint="install cron (apt-get install cron), or use --kind systemd")
-
-
-def _systemd(stack: Stack, command: str, *, remove: bool) -> Schedule:
-    target = stack.target
-    units = systemd_units(stack.project, stack.project_dir, command)
-    timer = next(n for n in units if n.endswith(".timer"))
-    changed = False
-    if remove:
-        if target.exists(f"{SYSTEMD_DIR}/{timer}"):
-            target.run("systemctl", "disable", "--now", timer, check=False)
-            target.run("rm", "-f", *(f"{SYSTEMD_DIR}/{n}" for n in units))
-            target.run("systemctl", "daemon-reload")
-            changed = True
-        return Schedule(str(target), "systemd", timer, command, changed, False)
-    for file, text in units.items():
-        path = f"{SYSTEMD_DIR}/{file}"
-        current = target.run("cat", "--", path, check=False)
-        if not current.ok or current.stdout != text:
-            target.run("sh", "-c", 'printf "%s" "$1" >"$2.tmp" && mv -f "$2.tmp" "$2"', "sh", text, path)
-            changed = True
-    if changed:
-        target.run("systemctl", "daemon-reload")
-    target.run("systemctl", "enable", "--now", timer)
-    return Schedule(str(target), "systemd", timer, command, changed, True)
