@@ -208,6 +208,7 @@ class Stack:
             raise UsageError(f"unknown backend {self.backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
         if self.backend == "compose":
             return None
+        self.compose_path  # noqa: B018 - both backends need it: say first when it is missing
         from finaiflow_ops.swarm.cluster import SWARM_FILE, Swarm, engine_state
 
         swarm = Swarm(self)

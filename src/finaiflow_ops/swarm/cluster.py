@@ -39,8 +39,14 @@ Progress = Callable[[str], None]
 
 
 def engine_state(stack: Stack) -> tuple[bool, bool]:
-    """(in a swarm, a manager) for the target's engine."""
-    info = stack.target.docker().info().get("Swarm") or {}
+    """(in a swarm, a manager) for the target's engine; (False, False) when `docker info` fails
+    (the engine's own error then comes from whatever needs it). The CLI through Target.run: an
+    unreachable ssh target fails as every other command does, in one line."""
+    result = stack.target.run("docker", "info", "--format", "{{json .Swarm}}", check=False, timeout=60)
+    try:
+        info = json.loads(result.stdout) if result.ok else {}
+    except json.JSONDecodeError:
+        info = {}
     return info.get("LocalNodeState") == "active", bool(info.get("ControlAvailable"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class ConfigError(Exception):
@@ -21,8 +22,7 @@ def _required(environ: Mapping[str, str], name: str) -> str:
     path = environ.get(f"{name}_FILE", "").strip()
     if not value and path:
         try:
-            with open(path, encoding="utf-8") as handle:
-                value = handle.read().strip()
+            value = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"{name}_FILE cannot be read ({exc.strerror})") from None
     if not value:
