@@ -748,7 +748,7 @@ def rollback(
                 repaired, serving = r.reconcile()
                 current = r.current_release(serving)
                 past = releases.history(r.stack, service)
-                target = _rollback_target(past, current, to)
+                target = rollback_target(past, current, to)
                 if image_id(r.stack, target.image) != target.image_id:
                     raise UsageError(
                         f"{target.image} now points at another image than release #{target.id} ran",
@@ -764,7 +764,8 @@ def rollback(
             raise
 
 
-def _rollback_target(past: releases.History, current: Release | None, to: str | None) -> Release:
+def rollback_target(past: releases.History, current: Release | None, to: str | None) -> Release:
+    """The release a rollback goes to: `to` (an id or an image), else the one before the current."""
     found = past.find(to) if to else _previous_other(past, current)
     if found is None:
         raise UsageError(f"{past.service} has no previous release to roll back to",

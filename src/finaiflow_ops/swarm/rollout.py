@@ -24,6 +24,7 @@ from finaiflow_ops.rollout import (
     Plan,
     image_id,
     image_variable,
+    rollback_target,
     set_env_value,
 )
 from finaiflow_ops.stack import Progress, Stack
@@ -301,7 +302,7 @@ def rollback(
             past = releases.history(stack, service)
             current = _current(swarm, service, past)
             past = releases.history(stack, service)
-            target = past.find(to) if to else _previous_other(past, current)
+            target = rollback_target(past, current, to)
             attrs: dict[str, Any] = swarm.service(service).attrs
             previous_spec = attrs.get("PreviousSpec") or {}
             engine_previous = (
@@ -331,16 +332,6 @@ def rollback(
         except OpsError as exc:
             releases.audit(stack, "rollback-failed", service=service, backend="swarm", reason=exc.one_line())
             raise
-
-
-def _previous_other(past: releases.History, current: Release | None) -> Release:
-    for r in reversed(past.releases):
-        if current is None or r.image != current.image:
-            return r
-    raise UsageError(
-        f"{past.service} has no previous release to roll back to",
-        hint=f"see `finaiflow-ops releases {past.service}`; give one with --to",
-    )
 
 
 def plan(
