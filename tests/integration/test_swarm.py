@@ -9,6 +9,7 @@ none, and leaves it at the end; the compose stack of the session keeps running b
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -64,7 +65,14 @@ def project(swarm_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         assert up.returncode == 0, up.stderr[-3000:]
         yield directory
     finally:
-        cli(directory, "--yes", "stack", "down", "--volumes", timeout=300)
+        down = cli(directory, "--yes", "stack", "down", "--volumes", timeout=300)
+    # `stack down --volumes` leaves nothing of the stack on the engine (checked after the tests).
+    label = f"label=com.docker.stack.namespace={PROJECT}"
+    left = {
+        what: _docker(what, "ls", "-q", "--filter", label).stdout.split()
+        for what in ("service", "secret", "network", "volume")
+    }
+    assert down.returncode == 0 and not any(left.values()), (down.stderr[-1000:], left)
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +207,37 @@ def test_plan_describes_the_engines_rolling_update_and_changes_nothing(swarm: Sw
     )
     assert "on failure rollback" in steps, steps
     assert swarm.service("api").attrs["Version"]["Index"] == before
+
+
+def test_a_changed_env_secret_becomes_a_new_docker_secret_and_the_old_one_goes(
+    swarm: Swarm, base_url: str
+) -> None:
+    directory = Path(swarm.stack.project_dir)
+    env_path = directory / ".env"
+    before = _docker(
+        "secret", "ls", "--filter", f"label=com.docker.stack.namespace={PROJECT}", "--format", "{{.Name}}"
+    ).stdout.split()
+    new_key = secrets.token_urlsafe(48)
+    lines = [
+        f"SECRET_KEY={new_key}" if ln.startswith("SECRET_KEY=") else ln
+        for ln in env_path.read_text().splitlines()
+    ]
+    env_path.write_text("\n".join(lines) + "\n")
+    up = cli(directory, "stack", "up", timeout=600)
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert new_key not in up.stdout + up.stderr
+    after = _docker(
+        "secret", "ls", "--filter", f"label=com.docker.stack.namespace={PROJECT}", "--format", "{{.Name}}"
+    ).stdout.split()
+    gone, made = set(before) - set(after), set(after) - set(before)
+    assert len(gone) == len(made) == 1 and "secret_key" in next(iter(made)), (before, after)
+    mounted = _docker(
+        "service",
+        "inspect",
+        f"{PROJECT}_api",
+        "--format",
+        "{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}",
+    ).stdout.split()
+    assert next(iter(made)) in mounted, mounted
+    with httpx.Client(verify=False, timeout=10) as client:
+        assert client.get(f"{base_url}/health").status_code == 200

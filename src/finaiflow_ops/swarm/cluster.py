@@ -320,7 +320,12 @@ class Swarm:
             api = spec.stack["services"]["api"]
             self.run_job(api, ["alembic", "upgrade", "head"], timeout=timeout, progress=say)
         say(f"deploying stack {self.project} (docker stack deploy)")
+        before = {
+            svc.name: (svc.attrs["Version"]["Index"], svc.attrs.get("UpdateStatus"))
+            for svc in self.services()
+        }
         self.deploy_file(self.write_stack_file(spec.stack))
+        self.wait_updates(before, timeout=timeout, progress=say)
         self.wait_converged(list(spec.stack["services"]), timeout=timeout, progress=say)
         self.prune_secrets(spec.secrets)
         return self.status()
@@ -412,6 +417,40 @@ class Swarm:
             if time.monotonic() >= deadline:
                 return f"not finished after {timeout:.0f} s"
             time.sleep(1)
+
+    def wait_updates(
+        self, before: dict[str, tuple[int, Any]], *, timeout: float = 300.0, progress: Progress | None = None
+    ) -> None:
+        """Wait for the rolling updates a `docker stack deploy` started (services whose spec
+        changed: a new image, a new secret) to finish; the engine starts them a moment later."""
+        deadline = time.monotonic() + timeout
+        pending = dict(before)
+        while pending:
+            for svc in self.services():
+                if svc.name not in pending:
+                    continue
+                index, status = pending[svc.name]
+                current = svc.attrs.get("UpdateStatus")
+                spec, previous = svc.attrs["Spec"], svc.attrs.get("PreviousSpec") or {}
+                if svc.attrs["Version"]["Index"] == index or spec.get("TaskTemplate") == previous.get(
+                    "TaskTemplate"
+                ):
+                    del pending[svc.name]  # no change its tasks see: nothing rolls
+                elif (
+                    current
+                    and current != status
+                    and current.get("State") not in ("updating", "rollback_started")
+                ):
+                    if progress:
+                        progress(f"{svc.name}: update {current.get('State')}")
+                    del pending[svc.name]
+            if pending and time.monotonic() >= deadline:
+                raise HealthTimeout(
+                    f"updates not finished after {timeout:.0f} s: {', '.join(sorted(pending))}",
+                    hint=f"see `docker service ps {self.project}_SERVICE --no-trunc`",
+                )
+            if pending:
+                time.sleep(1)
 
     def wait_converged(
         self, services: Sequence[str], *, timeout: float = 300.0, progress: Progress | None = None
