@@ -54,4 +54,31 @@ if [ ! -s "$ssl/cert.pem" ] || [ ! -s "$ssl/key.pem" ]; then
   chmod 0644 "$ssl/cert.pem"
 fi
 
+# nginx resolves upstream names only when it starts or reloads: the upstream watcher
+# (upstream_watcher.py) reloads it when a container behind an upstream comes back at another
+# address. It is restarted when it exits (after 2 s, doubling up to 60 s while it keeps dying
+# young), and the health check fails when it stops checking. NGINX_UPSTREAM_WATCH_INTERVAL:
+# seconds between two checks (default 2); 0 turns it off.
+watch_interval=${NGINX_UPSTREAM_WATCH_INTERVAL:-2}
+case "$watch_interval" in
+  ''|.|*[!0-9.]*|*.*.*) echo "NGINX_UPSTREAM_WATCH_INTERVAL must be a number of seconds (0: off)" >&2; exit 2;;
+esac
+if [ "${1:-}" = nginx ] && [ "$(printf '%s' "$watch_interval" | tr -d '0.')" != "" ]; then
+  (
+    resync=""
+    delay=2
+    while :; do
+      started=$(date +%s)
+      status=0
+      # shellcheck disable=SC2086  # $resync is empty or one option
+      nginx-upstream-watcher --interval "$watch_interval" $resync || status=$?
+      [ $(($(date +%s) - started)) -lt 60 ] || delay=2
+      echo "$(date '+%Y/%m/%d %H:%M:%S') [warn] upstream-watcher: exited (status $status); restarting it in $delay s" >&2
+      sleep "$delay"
+      delay=$((delay < 30 ? delay * 2 : 60))
+      resync=--resync  # nginx ran meanwhile: the new watcher cannot know what it resolved
+    done
+  ) </dev/null &
+fi
+
 exec "$@"
