@@ -4,13 +4,10 @@ real files in a temporary directory; the live exporter is tested in tests/integr
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,20 +15,9 @@ import pytest
 from finaiflow_ops.backup import list_backups
 from finaiflow_ops.backup.manifest import Manifest, backup_name, failed_marker, manifest_path
 from finaiflow_ops.releases import Release
+from tests.stack_scripts import load
 
-EXPORTER = Path(__file__).resolve().parents[2] / "stack" / "ops-exporter" / "ops_exporter.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ops_exporter", EXPORTER)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ops_exporter"] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
-
-
-ox = _load()
+ox = load("ops-exporter/ops_exporter.py")
 
 
 def samples(families: list[Any], name: str) -> dict[tuple[tuple[str, str], ...], float]:
