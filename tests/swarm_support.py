@@ -1,19 +1,67 @@
-"""What the swarm tests share: a project directory for a swarm stack, the CLI run against it, and
-free ports. Swarm publishes host-mode ports on every interface; the tests reach them on 127.0.0.1
-(single node) or on the node container's address (multi-node, a network the test made).
+"""What the swarm tests share: swarms made of Docker engines in containers (stack/swarm-node), a
+project directory for a swarm stack, and the CLI run against it.
+
+The swarms are never this machine's own engine: leaving a swarm breaks Docker's embedded DNS on the
+bridge networks that already exist (moby#45144), which would cut the session's compose stack off
+its database. Each node gets every capability but CAP_SYS_RESOURCE, which this machine's own
+bounding set lacks (so `--privileged` cannot start here), seccomp and AppArmor unconfined and the
+cgroup tree mounted writable: enough for dockerd, VXLAN overlay networks and nested containers.
+Every node's engine listens on TCP 2375 on the test's own network; finaiflow-ops reaches the
+manager through DOCKER_HOST and the other nodes through their `finaiflow.docker-host` label.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+NODE_IMAGE = os.environ.get("FINAIFLOW_SWARM_NODE_IMAGE", "finaiflow/swarm-node:bookworm")
+IMAGES = (
+    "finaiflow/api:1.0.0",
+    "finaiflow/api:1.1.0",
+    "finaiflow/nginx:local",
+    "finaiflow/postgres:15",
+    "finaiflow/redis:7",
+    "finaiflow/prometheus:local",
+    "finaiflow/ops-exporter:local",
+)
+NODE_OPTIONS = (
+    "--cap-add",
+    "ALL",
+    "--cap-drop",
+    "SYS_RESOURCE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--security-opt",
+    "systempaths=unconfined",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs",
+    "/var/lib/docker:exec",
+)
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The docker CLI of this machine's engine (never DOCKER_HOST: the nodes run here)."""
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=check, env=env
+    )
 
 
 def free_port() -> int:
@@ -77,3 +125,116 @@ def make_project(
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-3000:]}"
     return result.stdout
+
+
+@dataclass(frozen=True)
+class Cluster:
+    network: str
+    nodes: tuple[str, ...]  # container names; nodes[0] is the leader
+    addresses: dict[str, str]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DOCKER_HOST": f"tcp://{self.addresses[self.nodes[0]]}:2375"}
+
+    def on(self, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return docker("exec", node, "docker", *args, check=check)
+
+    def tasks(self, project: str, service: str) -> list[dict[str, str]]:
+        out = self.on(
+            self.nodes[0],
+            "service",
+            "ps",
+            f"{project}_{service}",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{json .}}",
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line]
+
+    def base_url(self, project: str) -> str:
+        port = self.on(
+            self.nodes[0],
+            "service",
+            "inspect",
+            f"{project}_nginx",
+            "--format",
+            "{{range .Endpoint.Ports}}{{if eq .TargetPort 443}}{{.PublishedPort}}{{end}}{{end}}",
+        ).stdout
+        return f"https://{self.addresses[self.nodes[0]]}:{port.strip()}"
+
+
+def _start_node(name: str, network: str) -> str:
+    docker("run", "-d", "--name", name, "--hostname", name, "--network", network, *NODE_OPTIONS, NODE_IMAGE)
+    deadline = time.monotonic() + 60
+    while docker("exec", name, "docker", "info", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            logs = docker("exec", name, "tail", "-5", "/var/log/dockerd.log", check=False).stdout
+            raise AssertionError(f"the engine in {name} did not start within 60 s: {logs}")
+        time.sleep(0.5)
+    return docker(
+        "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name
+    ).stdout.strip()
+
+
+def _load_images(nodes: tuple[str, ...]) -> None:
+    """One `docker save` of every stack image (shared layers once), loaded into each node at once."""
+    with tempfile.NamedTemporaryFile(suffix=".tar") as tar:
+        docker("save", "-o", tar.name, *IMAGES, timeout=300)
+        errors: list[str] = []
+
+        def load(node: str) -> None:
+            with Path(tar.name).open("rb") as source:
+                done = subprocess.run(
+                    ["docker", "exec", "-i", node, "docker", "load", "-q"],
+                    stdin=source,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    check=False,
+                )
+            if done.returncode:
+                errors.append(f"{node}: {done.stderr.strip()}")
+
+        threads = [threading.Thread(target=load, args=(n,)) for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=700)
+        assert not errors, errors
+
+
+@contextmanager
+def swarm_cluster(name: str, *, managers: int = 1, workers: int = 0) -> Iterator[Cluster]:
+    """A swarm of `managers` + `workers` engines in containers on a network of its own, every stack
+    image loaded into every node, each node labelled with how to reach its engine; removed after."""
+    subprocess.run(["bash", str(REPO / "stack" / "swarm-node" / "build")], check=True, timeout=900)
+    network = f"{name}-{os.getpid()}"
+    nodes = tuple(f"{network}-node{i}" for i in range(1, managers + workers + 1))
+    docker("network", "create", network)
+    try:
+        addresses = {n: _start_node(n, network) for n in nodes}
+        _load_images(nodes)
+        leader = nodes[0]
+        docker("exec", leader, "docker", "swarm", "init", "--advertise-addr", addresses[leader])
+        for i, node in enumerate(nodes[1:], start=1):
+            role = "manager" if i < managers else "worker"
+            token = docker("exec", leader, "docker", "swarm", "join-token", "-q", role).stdout.strip()
+            docker("exec", node, "docker", "swarm", "join", "--token", token, f"{addresses[leader]}:2377")
+        for node in nodes:
+            docker(
+                "exec",
+                leader,
+                "docker",
+                "node",
+                "update",
+                "--label-add",
+                f"finaiflow.docker-host=tcp://{addresses[node]}:2375",
+                node,
+            )
+        yield Cluster(network, nodes, addresses)
+    finally:
+        for node in nodes:
+            docker("rm", "-f", "-v", node, check=False)
+        docker("network", "rm", network, check=False)

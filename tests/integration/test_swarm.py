@@ -1,9 +1,10 @@
-"""The stack on a single-node Docker Swarm of this machine's engine: `stack up` with Docker
-secrets, rolling update and rollback through the engine under locust traffic, a broken release
-refused, backups and a restore drill against the database task, and `stack down`.
+"""The stack on a single-node Docker Swarm: `stack up` with Docker secrets, rolling update and
+rollback through the engine under locust traffic, a broken release refused, backups and a restore
+drill against the database task, secret rotation, and `stack down`.
 
-The module makes the swarm (`docker swarm init --advertise-addr 127.0.0.1`) when the engine is in
-none, and leaves it at the end; the compose stack of the session keeps running beside it.
+The swarm is one Docker engine in a container on this machine (tests/swarm_support.py), reached
+through DOCKER_HOST for the whole module, as an operator reaches a remote manager; this machine's
+own engine never joins a swarm (leaving one breaks its DNS on existing networks, moby#45144).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from finaiflow_ops.stack import Stack
 from finaiflow_ops.swarm.cluster import Swarm
 from finaiflow_ops.target import Target
 from tests.rollout_support import BROKEN, build_image, failures, remove_image
-from tests.swarm_support import cli, free_port, make_project, ok
+from tests.swarm_support import Cluster, cli, docker, free_port, make_project, ok, swarm_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 
@@ -33,33 +34,32 @@ OLD, NEW = "finaiflow/api:1.0.0", "finaiflow/api:1.1.0"
 
 
 def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The docker CLI of the swarm's engine (DOCKER_HOST is set for the module)."""
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
 
 
 @pytest.fixture(scope="module")
-def swarm_engine(request: pytest.FixtureRequest) -> Iterator[None]:
+def node(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if not Target.parse(request.config.getoption("--target")).is_local:
-        pytest.skip("the swarm tests make a swarm of this machine's engine")
-    state = _docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
-    made = state == "inactive"
-    if made:
-        _docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-    try:
-        yield
-    finally:
-        if made:
-            _docker("swarm", "leave", "--force", check=False)
+        pytest.skip("the swarm tests make a swarm of containers on this machine")
+    with swarm_cluster("ffswarm", managers=1) as cluster, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOCKER_HOST", cluster.env["DOCKER_HOST"])
+        yield cluster
 
 
 @pytest.fixture(scope="module")
-def project(swarm_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def project(node: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    address = node.addresses[node.nodes[0]]
     directory = make_project(
         tmp_path_factory.mktemp("swarm") / "stack",
         PROJECT,
         https_port=free_port(),
         http_port=free_port(),
         prometheus_port=free_port(),
+        extra={"ALLOWED_HOSTS": f"staging.finaiflow.test,{address}"},
     )
+    # The ops exporter bind-mounts the project directory of the manager it runs on.
+    docker("exec", node.nodes[0], "mkdir", "-p", str(directory))
     try:
         up = cli(directory, "stack", "up", timeout=600)
         assert up.returncode == 0, up.stderr[-3000:]
