@@ -162,7 +162,10 @@ class Cluster:
             "--format",
             "{{range .Endpoint.Ports}}{{if eq .TargetPort 443}}{{.PublishedPort}}{{end}}{{end}}",
         ).stdout
-        return f"https://{self.addresses[self.nodes[0]]}:{port.strip()}"
+        # Host-mode port: on the node nginx runs on (any manager), not necessarily the leader.
+        running = [t["Node"] for t in self.tasks(project, "nginx") if t["CurrentState"].startswith("Running")]
+        assert running, f"{project}_nginx has no running task"
+        return f"https://{self.addresses[running[0]]}:{port.strip()}"
 
 
 def _start_node(name: str, network: str) -> str:

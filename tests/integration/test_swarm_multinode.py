@@ -69,7 +69,10 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             https_port=free_port(),
             http_port=free_port(),
             prometheus_port=free_port(),
-            extra={"API_REPLICAS": "3", "ALLOWED_HOSTS": f"staging.finaiflow.test,{c.addresses[leader]}"},
+            extra={
+                "API_REPLICAS": "3",
+                "ALLOWED_HOSTS": ",".join(["staging.finaiflow.test", *c.addresses.values()]),
+            },
         )
         # The ops exporter bind-mounts the project directory of the manager it runs on.
         docker("exec", leader, "mkdir", "-p", str(project))
