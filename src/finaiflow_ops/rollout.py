@@ -428,23 +428,7 @@ class _Rollout:
     # -- steps ------------------------------------------------------------------------------------------
 
     def backup(self) -> str | None:
-        """A verified pre-deploy backup of the database (finaiflow_ops.backup); its file name."""
-        try:
-            from finaiflow_ops.backup import archive
-            from finaiflow_ops.backup.database import Database
-        except ImportError:  # an installation without the backup primitives
-            self.say("no backup module (finaiflow_ops.backup): no pre-deploy backup")
-            return None
-        self.say("taking a pre-deploy backup")
-        try:
-            made = archive.create(Database.of(self.stack), archive.default_directory(self.stack),
-                                  release=archive.stack_release(self.stack), project=self.stack.project,
-                                  reason="pre-deploy", progress=self.say)
-        except OpsError as exc:
-            raise DeployFailed(f"the pre-deploy backup failed: {exc.message}; nothing was changed",
-                               hint=exc.hint or "fix it, or deploy with --no-backup") from None
-        self.say(f"pre-deploy backup {made.path}")
-        return posixpath.basename(made.path)
+        return pre_deploy_backup(self.stack, self.say)
 
     def run_migrations(self, image: str) -> None:
         self.say(f"running migrations (alembic upgrade head) in a one-off container of {image}")
@@ -662,6 +646,27 @@ class _Rollout:
         if serving:
             with contextlib.suppress(OpsError):
                 self.proxy.switch(Upstream.of(self.service, [c.name for c in serving], self.spec.port))
+
+
+def pre_deploy_backup(stack: Stack, say: Progress) -> str | None:
+    """A verified pre-deploy backup of the database (finaiflow_ops.backup); its file name. Both
+    backends take it before anything changes; a failure stops the deploy with nothing changed."""
+    try:
+        from finaiflow_ops.backup import archive
+        from finaiflow_ops.backup.database import Database
+    except ImportError:  # an installation without the backup primitives
+        say("no backup module (finaiflow_ops.backup): no pre-deploy backup")
+        return None
+    say("taking a pre-deploy backup")
+    try:
+        made = archive.create(Database.of(stack), archive.default_directory(stack),
+                              release=archive.stack_release(stack), project=stack.project,
+                              reason="pre-deploy", progress=say)
+    except OpsError as exc:
+        raise DeployFailed(f"the pre-deploy backup failed: {exc.message}; nothing was changed",
+                           hint=exc.hint or "fix it, or deploy with --no-backup") from None
+    say(f"pre-deploy backup {made.path}")
+    return posixpath.basename(made.path)
 
 
 def _epoch(docker_time: str) -> float:

@@ -24,6 +24,7 @@ from finaiflow_ops.rollout import (
     Plan,
     image_id,
     image_variable,
+    pre_deploy_backup,
     rollback_target,
     set_env_value,
 )
@@ -118,28 +119,6 @@ def _image_id_or_empty(stack: Stack, image: str) -> str:
         return image_id(stack, image)
     except UsageError:
         return ""
-
-
-def _backup(stack: Stack, say: Progress) -> str | None:
-    from finaiflow_ops.backup import archive
-    from finaiflow_ops.backup.database import Database
-
-    say("taking a pre-deploy backup")
-    try:
-        made = archive.create(
-            Database.of(stack),
-            archive.default_directory(stack),
-            release=archive.stack_release(stack),
-            project=stack.project,
-            reason="pre-deploy",
-            progress=say,
-        )
-    except OpsError as exc:
-        raise DeployFailed(
-            f"the pre-deploy backup failed: {exc.message}; nothing was changed",
-            hint=exc.hint or "fix it, or deploy with --no-backup",
-        ) from None
-    return made.path.rsplit("/", 1)[-1]
 
 
 def _serving(swarm: Swarm, service: str, timeout: float) -> None:
@@ -263,7 +242,7 @@ def deploy(
     with releases.deploy_lock(stack, f"deploy {service} {image}", progress=say):
         try:
             previous = _current(swarm, service, releases.history(stack, service))
-            made = _backup(stack, say) if backup else None
+            made = pre_deploy_backup(stack, say) if backup else None
             argv = ["update", "--image", image, *(["--replicas", str(replicas)] if replicas else [])]
             return _roll(
                 stack,
