@@ -129,6 +129,14 @@ class Swarm:
     def nodes(self) -> dict[str, dict[str, Any]]:
         return {n.id: n.attrs for n in self.client.nodes.list()}
 
+    def down_nodes(self) -> set[str]:
+        """The nodes the managers see as down or disconnected now (not cached)."""
+        return {
+            n.id
+            for n in self.client.nodes.list()
+            if (n.attrs.get("Status") or {}).get("State") in ("down", "disconnected")
+        }
+
     def node_name(self, node_id: str) -> str:
         return str(self.nodes.get(node_id, {}).get("Description", {}).get("Hostname", node_id[:12]))
 

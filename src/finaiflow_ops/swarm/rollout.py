@@ -11,6 +11,7 @@ the command fails naming the task's error.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,20 @@ from finaiflow_ops.swarm.cluster import Swarm, Task, spec_image
 __all__ = ["deploy", "plan", "rollback"]
 
 UPDATE_TIMEOUT = 600.0
+# A new task on a node that went down never starts, and engine 20.10's updater waits for it for
+# ever (swarmkit's updater has no timeout there): after this long without progress, we roll back.
+STALL_SECONDS = 30.0
 _DONE = "completed"
 _FAILED = ("paused", "rollback_started", "rollback_completed", "rollback_paused")
+_NOT_STARTED = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting")
+
+
+def stalled_task(tasks: Iterable[Task], down_nodes: Collection[str], image: str) -> Task | None:
+    """A task of `image` that was on its way up on a node now down: the updater waits on it."""
+    return next(
+        (t for t in tasks if t.node_id in down_nodes and t.image == image and t.state in _NOT_STARTED),
+        None,
+    )
 
 
 @dataclass
@@ -62,7 +75,7 @@ class _Update:
         A status equal to `before` is the previous update's, still shown until the engine starts."""
         done = "rollback_completed" if rollback else _DONE
         deadline = time.monotonic() + timeout
-        said = ""
+        said, moved = "", time.monotonic()
         while True:
             svc = self.swarm.service(self.service)
             status = svc.attrs.get("UpdateStatus") or {}
@@ -75,23 +88,61 @@ class _Update:
             )
             if line != said:
                 self.say(f"{self.swarm.full_name(self.service)} {line}")
-                said = line
+                said, moved = line, time.monotonic()
             if state == done or (not state and spec_image(svc.attrs) == image and self._settled(image)):
                 return _DONE
             if state in _FAILED and state not in ("rollback_started", done):
                 return f"{state}: {status.get('Message', '')}".strip()
+            if time.monotonic() - moved >= STALL_SECONDS and (stuck := self._stalled(image)):
+                return stuck
             if time.monotonic() >= deadline:
                 return f"not finished after {timeout:.0f} s ({state or 'no status'})"
             time.sleep(1)
+
+    def _stalled(self, image: str) -> str:
+        down = self.swarm.down_nodes()
+        task = stalled_task(self.swarm.tasks(self.service, desired=None), down, image) if down else None
+        if task is None:
+            return ""
+        return (
+            f"stalled: task {self.swarm.full_name(task.name)} of {image} was {task.state} on node "
+            f"{self.swarm.node_name(task.node_id)}, which is down, and the engine waits on it"
+        )
 
     def _settled(self, image: str) -> bool:
         tasks = self.swarm.tasks(self.service)
         return bool(tasks) and all(t.state == "running" and t.image == image for t in tasks)
 
+    def put_back(self, image: str, timeout: float) -> str:
+        """`docker service rollback` (to `image`), followed to its end: "completed" or what stopped it."""
+        self.say(f"putting {self.service} back: docker service rollback")
+        self.swarm.stack.target.run(
+            "docker",
+            "service",
+            "rollback",
+            "--detach",
+            "--quiet",
+            self.swarm.full_name(self.service),
+            timeout=120,
+        )
+        return self.follow(image, timeout, rollback=True)
+
     def task_error(self) -> str:
         """The newest error of a failed task of the service (the engine's words)."""
         failed = [t for t in self.swarm.tasks(self.service, desired=None) if t.error]
         return failed[0].error if failed else ""
+
+
+def _failed(swarm: Swarm, kind: str, service: str, image: str, why: str, back: str) -> DeployFailed:
+    ps = f"docker service ps {swarm.full_name(service)} --no-trunc"
+    if back == _DONE:
+        return DeployFailed(
+            f"the {kind} of {service} to {image} failed and was rolled back: {why}", hint=f"see `{ps}`"
+        )
+    return DeployFailed(
+        f"the {kind} of {service} to {image} failed ({why}) and putting it back did not finish: {back}",
+        hint=f"the service may run both releases: see `{ps}`, then `finaiflow-ops rollback {service}`",
+    )
 
 
 def _current(swarm: Swarm, service: str, past: releases.History) -> Release | None:
@@ -160,27 +211,21 @@ def _roll(
     update = _Update(swarm, service, say)
     state, seconds = update.run(argv, image, timeout)
     phases.append(Phase("rolling update", round(seconds, 2)))
+    back_to = previous.image if previous else image
     if state != _DONE:
-        why = update.task_error() or state
-        if not state.startswith("rollback"):
-            say(f"putting {service} back: docker service rollback")
-            stack.target.run(
-                "docker", "service", "rollback", "--detach", "--quiet", swarm.full_name(service), timeout=120
-            )
-            update.follow(previous.image if previous else image, timeout, rollback=True)
-        raise DeployFailed(
-            f"the {kind} of {service} to {image} failed and was rolled back by the engine: {why}",
-            hint=f"see `docker service ps {swarm.full_name(service)} --no-trunc`",
-        )
+        why = state if state.startswith("stalled") else update.task_error() or state
+        if state.startswith("rollback_completed"):
+            back = _DONE  # the engine's own failure_action
+        elif state.startswith("rollback"):
+            back = state  # the engine's rollback stopped: a second one would go to the failed spec
+        else:
+            back = update.put_back(back_to, timeout)
+        raise _failed(swarm, kind, service, image, why, back)
     try:
         _serving(swarm, service, timeout)
     except OpsError as exc:
-        say(f"{image} does not serve ({exc.message}): docker service rollback")
-        stack.target.run(
-            "docker", "service", "rollback", "--detach", "--quiet", swarm.full_name(service), timeout=120
-        )
-        update.follow(previous.image if previous else image, timeout, rollback=True)
-        raise DeployFailed(f"the {kind} of {service} to {image} was rolled back: {exc.message}") from None
+        say(f"{image} does not serve ({exc.message})")
+        raise _failed(swarm, kind, service, image, exc.message, update.put_back(back_to, timeout)) from None
     # The .env names the running image, as on compose: a later `stack up` keeps this release.
     set_env_value(stack, image_variable(stack, service), image)
     tasks: list[Task] = swarm.tasks(service)
