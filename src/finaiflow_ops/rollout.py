@@ -401,14 +401,7 @@ class _Rollout:
 
     def revisions(self, c: ContainerInfo) -> tuple[str, tuple[str, ...]]:
         """(head, every revision) of the Alembic scripts in a running container; empty without Alembic."""
-        if not self.migrate:
-            return "", ()
-        code, output = self.docker(c).exec_run(["python", "-c", _REVISIONS_PY])
-        out = output.decode(errors="replace").splitlines() if isinstance(output, bytes) else []
-        if code != 0 or len(out) < 2:
-            self.say(f"could not read the Alembic revisions of {c.image}; recorded without them")
-            return "", ()
-        return out[-2].strip(), tuple(out[-1].split())
+        return image_revisions(self.docker(c), c.image, self.say) if self.migrate else ("", ())
 
     def current_release(self, serving: list[ContainerInfo]) -> Release | None:
         """The current release from the history, or a new "observed" record when what runs is
@@ -744,7 +737,7 @@ def rollback(
     if stack.swarm is not None:
         from finaiflow_ops.swarm import rollout as swarm_rollout
 
-        return swarm_rollout.rollback(stack, service, to=to, progress=progress)
+        return swarm_rollout.rollback(stack, service, to=to, confirm=confirm, progress=progress)
     r = _Rollout(stack, service, proxy=proxy, progress=progress, health_timeout=health_timeout,
                  drain_timeout=drain_timeout, migrate=migrate)
     with releases.deploy_lock(r.stack, f"rollback {service}" + (f" to {to}" if to else ""), progress=r.say):
@@ -754,12 +747,7 @@ def rollback(
                 current = r.current_release(serving)
                 past = releases.history(r.stack, service)
                 target = rollback_target(past, current, to)
-                if image_id(r.stack, target.image) != target.image_id:
-                    raise UsageError(
-                        f"{target.image} now points at another image than release #{target.id} ran",
-                        hint=f"tag the original again (docker tag {target.image_id} {target.image}) if it "
-                             "still exists, or deploy the wanted image")
-                _check_schema(r, target, confirm)
+                check_rollback(r.stack, target, confirm, r.say, schema=r.migrate)
             r.say(f"rolling {service} back from {current.label if current else '?'} to {target.label}")
             return r.roll(kind="rollback", image=target.image, image_id=target.image_id, serving=serving,
                           previous=current, replicas=None, backup=False, repaired=repaired,
@@ -791,14 +779,33 @@ def _previous_other(past: releases.History, current: Release | None) -> Release 
     return release
 
 
-def _check_schema(r: _Rollout, target: Release, confirm: Confirm | None) -> None:
-    """An older release cannot run on a schema its migrations do not know: ask first."""
-    if not r.migrate or not target.revisions:
+def image_revisions(container: Container, image: str, say: Progress) -> tuple[str, tuple[str, ...]]:
+    """(head, every revision) of the Alembic scripts in a running container of `image`; empty
+    when they cannot be read (an image without Alembic)."""
+    code, output = container.exec_run(["python", "-c", _REVISIONS_PY])
+    out = output.decode(errors="replace").splitlines() if isinstance(output, bytes) else []
+    if code != 0 or len(out) < 2:
+        say(f"could not read the Alembic revisions of {image}; recorded without them")
+        return "", ()
+    return out[-2].strip(), tuple(out[-1].split())
+
+
+def check_rollback(
+    stack: Stack, target: Release, confirm: Confirm | None, say: Progress, *, schema: bool = True
+) -> None:
+    """Before going back to `target`, on either backend: its tag must still name the image it ran,
+    and an older release cannot run on a schema its migrations do not know (ask first)."""
+    now = image_id(stack, target.image)  # a clear error when the image is gone
+    if target.image_id and now != target.image_id:
+        raise UsageError(f"{target.image} now points at another image than release #{target.id} ran",
+                         hint=f"tag the original again (docker tag {target.image_id} {target.image}) if it "
+                              "still exists, or deploy the wanted image")
+    if not schema or not target.revisions:
         return
     try:
-        db = [row[0] for row in r.stack.psql("SELECT version_num FROM alembic_version")]
+        db = [row[0] for row in stack.psql("SELECT version_num FROM alembic_version")]
     except OpsError:
-        r.say("could not read the database's Alembic revision; not checked")
+        say("could not read the database's Alembic revision; not checked")
         return
     unknown = [rev for rev in db if rev not in target.revisions]
     if not unknown:
@@ -806,7 +813,7 @@ def _check_schema(r: _Rollout, target: Release, confirm: Confirm | None) -> None
     question = (f"the database is at Alembic revision {', '.join(unknown)}, which {target.label} does not "
                 f"know (its newest is {target.revision or '?'}): it may fail on this schema. "
                 "Roll back anyway?")
-    r.say(f"warning: {question}")
+    say(f"warning: {question}")
     if confirm is None:
         raise UsageError(f"{question.rstrip('?')}: needs confirmation",
                          hint="pass --yes if that release can run on the newer schema; otherwise restore "

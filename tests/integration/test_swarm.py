@@ -24,7 +24,7 @@ from finaiflow_ops import envfile
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.swarm.cluster import Swarm
 from finaiflow_ops.target import Target
-from tests.rollout_support import BROKEN, build_image, failures, remove_image
+from tests.rollout_support import BROKEN, NOTE_MIGRATION, build_image, built, failures, remove_image
 from tests.swarm_support import Cluster, cli, docker, free_port, make_project, ok, swarm_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
@@ -176,6 +176,33 @@ def test_a_release_that_never_gets_healthy_is_rolled_back_by_the_engine(swarm: S
     assert "rolled back" in last and tag in last, last
     assert {t.image for t in swarm.tasks("api") if t.state == "running"} == {OLD}
     assert _version(base_url) == "1.0.0"
+
+
+def test_rolling_back_across_a_migration_the_older_release_does_not_know_needs_yes(
+    swarm: Swarm, base_url: str
+) -> None:
+    directory = Path(swarm.stack.project_dir)
+    newer = "finaiflow/api:1.2.0-swarm"
+    lines = ["ENV RELEASE=1.2.0-swarm", "LABEL org.opencontainers.image.version=1.2.0-swarm"]
+    with built(swarm.stack, newer, OLD, lines, {"migrations/versions/0002_tenant_note.py": NOTE_MIGRATION}):
+        try:
+            ok(cli(directory, "deploy", "api", "--image", newer, "--no-backup"))
+            assert swarm.stack.psql("SELECT version_num FROM alembic_version") == [["0002_tenant_note"]]
+            history = json.loads(ok(cli(directory, "--json", "releases", "api")))["releases"]
+            assert history[-1]["revision"] == "0002_tenant_note", history[-1]
+            refused = cli(directory, "rollback", "api")
+            last = refused.stderr.strip().splitlines()[-1]
+            assert refused.returncode == 2 and "0002_tenant_note" in last and "pass --yes" in last, last
+            assert {t.image for t in swarm.tasks("api")} == {newer}
+            ok(cli(directory, "--yes", "rollback", "api"))
+            assert _version(base_url) == "1.0.0"  # the older release runs on the newer schema
+        finally:
+            # The schema back with the release that knows the migration, before its image goes.
+            spec = swarm.spec().stack["services"]["api"]
+            swarm.run_job(spec, ["alembic", "downgrade", "0001_initial"], image=newer, timeout=300)
+            if {t.image for t in swarm.tasks("api")} != {OLD}:
+                ok(cli(directory, "deploy", "api", "--image", OLD, "--no-backup", "--no-migrate"))
+    assert swarm.stack.psql("SELECT version_num FROM alembic_version") == [["0001_initial"]]
 
 
 def test_backup_and_restore_drill_run_against_the_database_task(swarm: Swarm) -> None:

@@ -19,11 +19,14 @@ from finaiflow_ops import health, releases
 from finaiflow_ops.errors import OpsError, UsageError
 from finaiflow_ops.releases import Release
 from finaiflow_ops.rollout import (
+    Confirm,
     DeployFailed,
     DeployResult,
     Phase,
     Plan,
+    check_rollback,
     image_id,
+    image_revisions,
     image_variable,
     pre_deploy_backup,
     rollback_target,
@@ -158,6 +161,7 @@ def _current(swarm: Swarm, service: str, past: releases.History) -> Release | No
             image=image,
             image_id=_image_id_or_empty(swarm.stack, image),
             config_hash="",
+            **_revisions(swarm, service, image, lambda _msg: None),
             kind="observed",
             previous=known.id if known else None,
             note="found running on the swarm, not deployed by finaiflow-ops",
@@ -170,6 +174,19 @@ def _image_id_or_empty(stack: Stack, image: str) -> str:
         return image_id(stack, image)
     except UsageError:
         return ""
+
+
+def _revisions(swarm: Swarm, service: str, image: str, say: Progress) -> dict[str, Any]:
+    """The Alembic head and revisions of `image`, read in a running task of the service (for
+    the schema check of a later rollback); none when that task cannot be reached."""
+    import docker.errors
+
+    try:
+        head, known = image_revisions(swarm.container(service), image, say)
+    except (OpsError, docker.errors.DockerException) as exc:
+        say(f"could not read the Alembic revisions of {image} ({exc}); recorded without them")
+        head, known = "", ()
+    return {"revision": head, "revisions": known}
 
 
 def _serving(swarm: Swarm, service: str, timeout: float) -> None:
@@ -237,6 +254,7 @@ def _roll(
             image=image,
             image_id=new_id,
             config_hash="",
+            **_revisions(swarm, service, image, say),
             backup=backup,
             kind=kind,
             previous=previous.id if previous else None,
@@ -313,11 +331,14 @@ def rollback(
     service: str,
     *,
     to: str | None = None,
+    confirm: Confirm | None = None,
     timeout: float = UPDATE_TIMEOUT,
     progress: Progress | None = None,
 ) -> DeployResult:
     """Back to the previous (or the named) release: `docker service rollback` when the engine's
-    previous spec is that release (the engine's own rollback), else a rolling update to its image."""
+    previous spec is that release (the engine's own rollback), else a rolling update to its image.
+    As on compose, `confirm(question)` is asked before going back to a release that does not know
+    the database's schema (rollout.check_rollback)."""
     say = progress or (lambda _msg: None)
     swarm = Swarm(stack)
     swarm.require_manager()
@@ -327,6 +348,7 @@ def rollback(
             current = _current(swarm, service, past)
             past = releases.history(stack, service)
             target = rollback_target(past, current, to)
+            check_rollback(stack, target, confirm, say)
             attrs: dict[str, Any] = swarm.service(service).attrs
             previous_spec = attrs.get("PreviousSpec") or {}
             engine_previous = (
