@@ -15,7 +15,7 @@ from finaiflow_ops.backup.archive import default_directory
 from finaiflow_ops.backup.encryption import parse_recipients, redact
 from finaiflow_ops.backup.manifest import Encryption, Manifest, backup_name, is_encrypted_name, parse_name
 from finaiflow_ops.backup.offsite import parse_destination
-from finaiflow_ops.cli.backup import _BackupJob
+from finaiflow_ops.backup.schedule import Job
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
@@ -150,9 +150,9 @@ def test_command_argv_over_ssh_quotes_once_and_shares_run_s_connection() -> None
 # -- the scheduled job ------------------------------------------------------------------------------
 
 def test_the_scheduled_backup_encrypts_and_its_prune_is_unchanged() -> None:
-    job = _BackupJob("/usr/bin/finaiflow-ops", "/opt/finaiflow", "/opt/finaiflow/backups",
-                     create_options=("--encrypt-to", AGE_KEY, "--encrypt-to", "/etc/finaiflow/recipients.txt",
-                                     "--copy-to", "ssh://b@vault/srv/b?identity_file=/k/id"))
+    job = Job("/usr/bin/finaiflow-ops", "/opt/finaiflow", "/opt/finaiflow/backups",
+              create_options=("--encrypt-to", AGE_KEY, "--encrypt-to", "/etc/finaiflow/recipients.txt",
+                              "--copy-to", "ssh://b@vault/srv/b?identity_file=/k/id"))
     create, prune = job.command().split(" && ")
     assert create.endswith(f"backup create --encrypt-to {AGE_KEY} --encrypt-to /etc/finaiflow/recipients.txt "
                            "--copy-to 'ssh://b@vault/srv/b?identity_file=/k/id' --dir /opt/finaiflow/backups")

@@ -39,6 +39,7 @@ class Job:
     keep_days: int = 30
     copy_to: str = ""  # a second directory that receives a verified copy of each backup
     notify: str = ""  # a command run when the backup or the prune fails
+    create_options: tuple[str, ...] = ()  # more `backup create` options: --encrypt-to K, an ssh --copy-to
 
     def __post_init__(self) -> None:
         if not _TIME_RE.fullmatch(self.at):
@@ -60,7 +61,8 @@ class Job:
         where = f"--dir {shlex.quote(self.directory)}"
         hook = f" --notify {shlex.quote(self.notify)}" if self.notify else ""
         copy = f" --copy-to {shlex.quote(self.copy_to)}" if self.copy_to else ""
-        return (f"{base} backup create {where}{copy}{hook} && "
+        extra = "".join(f" {shlex.quote(arg)}" for arg in self.create_options)
+        return (f"{base} backup create{extra} {where}{copy}{hook} && "
                 f"{base} backup prune {where} --keep-days {self.keep_days}{hook}")
 
     @property

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -235,10 +233,10 @@ def backup_schedule(opts: Options, directory: str | None, at: str, keep_days: in
         # directories only).
         remote = copy_to if copy_to and offsite.parse_destination(copy_to).target else ""
         keys = [arg for key in encryption.job_recipients(target, encrypt_to) for arg in ("--encrypt-to", key)]
-        job = _BackupJob(schedule.resolve_executable(target, executable), project_dir,
-                         directory or f"{project_dir.rstrip('/')}/backups", at, keep_days,
-                         "" if remote else copy_to, notify,
-                         (*keys, *(("--copy-to", remote) if remote else ())))
+        job = schedule.Job(schedule.resolve_executable(target, executable), project_dir,
+                           directory or f"{project_dir.rstrip('/')}/backups", at, keep_days,
+                           "" if remote else copy_to, notify,
+                           create_options=(*keys, *(("--copy-to", remote) if remote else ())))
         opts.confirm(f"install the daily {at} backup of {project_dir} on {target} ({job.command()})?")
         result = schedule.install(target, job)
     if opts.json:
@@ -254,20 +252,6 @@ def backup_schedule(opts: Options, directory: str | None, at: str, keep_days: in
         why = "it is not installed" if not result.installed else f"{result.scheduler} is not running"
         raise CheckFailed(f"the daily backup of {project_dir} on {target} will not run: {why}",
                           hint="install it: finaiflow-ops backup schedule")
-
-
-@dataclass(frozen=True)
-class _BackupJob(schedule.Job):
-    """The daily job, with more options for its `backup create` (--encrypt-to, an ssh --copy-to).
-    Stopgap until the scheduling module's Job has such a field: its command() is extended here,
-    for cron and systemd alike."""
-
-    create_options: tuple[str, ...] = ()
-
-    def command(self) -> str:
-        create = " backup create --dir "
-        extra = "".join(f" {shlex.quote(arg)}" for arg in self.create_options)
-        return super().command().replace(create, f" backup create{extra} --dir ", 1)
 
 
 # -- restore --------------------------------------------------------------------------------------------
