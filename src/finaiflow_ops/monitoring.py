@@ -54,6 +54,7 @@ REQUIRED_SERIES = {
     "api": 'finaiflow_http_requests_total{job="api"}',
     "ops exporter": 'finaiflow_probe_success{job="ops"}',
     "nginx (through the ops exporter)": 'nginx_connections_accepted_total{job="ops"}',
+    "nginx upstream watcher": 'nginx_upstream_watcher_enabled{job="nginx"}',
 }
 FRESH_SECONDS = 60.0  # six scrape intervals
 SETTLE_SECONDS = 30.0  # DNS discovery refresh (10 s) + a scrape (10 s), with slack

@@ -79,6 +79,12 @@ if [ "${1:-}" = nginx ] && [ "$(printf '%s' "$watch_interval" | tr -d '0.')" != 
       resync=--resync  # nginx ran meanwhile: the new watcher cannot know what it resolved
     done
   ) </dev/null &
+elif [ "${1:-}" = nginx ]; then
+  # Off: Prometheus' nginx target still answers, and says so.
+  mkdir -p /run/nginx-upstream-watcher
+  printf '%s\n' "# HELP nginx_upstream_watcher_enabled 1 while the watcher runs (NGINX_UPSTREAM_WATCH_INTERVAL=0 turns it off)." \
+    "# TYPE nginx_upstream_watcher_enabled gauge" "nginx_upstream_watcher_enabled 0" >/run/nginx-upstream-watcher/metrics
+  chmod 0644 /run/nginx-upstream-watcher/metrics
 fi
 
 exec "$@"

@@ -226,6 +226,8 @@ class Watcher:
         """The counters in Prometheus' text format."""
         prefix = "nginx_upstream_watcher_"
         families: list[tuple[str, str, str, list[tuple[str, float]]]] = [
+            ("enabled", "gauge", "1 while the watcher runs (NGINX_UPSTREAM_WATCH_INTERVAL=0 turns it off).",
+             [("", 1)]),
             ("reloads_total", "counter", "Reloads of nginx by the upstream watcher, by reason (gone: an "
              "address nginx used went away; added: a new one answered; resync: the watcher restarted).",
              [(f'{{reason="{kind}"}}', self.reloads.get(kind, 0)) for kind in ("gone", "added", "resync")]),

@@ -116,11 +116,16 @@ def some_traffic(base_url: str) -> None:
 # -- Prometheus and the ops exporter ---------------------------------------------------------------------
 
 
-def test_prometheus_scrapes_api_ops_exporter_and_itself_all_up(stack: Stack) -> None:
-    targets = Prometheus.of(stack).wait_scraped(timeout=30)
-    assert {t.job for t in targets} == {"api", "ops", "prometheus"}
+def test_prometheus_scrapes_api_ops_exporter_nginx_and_itself_all_up(stack: Stack) -> None:
+    prom = Prometheus.of(stack)
+    targets = prom.wait_scraped(timeout=30)
+    assert {t.job for t in targets} == {"api", "ops", "prometheus", "nginx"}
     down = [f"{t.job} {t.instance}: {t.health} {t.last_error}" for t in targets if not t.up]
     assert not down, down
+    # nginx's target is its upstream watcher's counters: running, and checking every 2 s.
+    assert exporter_value(prom, 'nginx_upstream_watcher_enabled{job="nginx"}') == 1
+    age = exporter_value(prom, 'time() - nginx_upstream_watcher_last_check_timestamp_seconds{job="nginx"}')
+    assert age < 30, f"the watcher's last check was {age:.0f} s old when scraped"
 
 
 def test_ops_exporter_reports_dependencies_nginx_disk_and_the_served_certificate(

@@ -249,5 +249,6 @@ def test_the_metrics_count_reloads_by_reason_and_say_whether_one_waits(reason: s
     assert f'nginx_upstream_watcher_reloads_total{{reason="{reason}"}} 2\n' in text
     assert "nginx_upstream_watcher_reload_failures_total 1\n" in text
     assert "nginx_upstream_watcher_waiting 1\n" in text
+    assert "nginx_upstream_watcher_enabled 1\n" in text
     assert 'nginx_upstream_watcher_addresses{host="api"} 1\n' in text
     assert "# TYPE nginx_upstream_watcher_reloads_total counter\n" in text
