@@ -168,8 +168,23 @@ class Cluster:
         return f"https://{self.addresses[running[0]]}:{port.strip()}"
 
 
-def _start_node(name: str, network: str) -> str:
-    docker("run", "-d", "--name", name, "--hostname", name, "--network", network, *NODE_OPTIONS, NODE_IMAGE)
+def _start_node(name: str, network: str, shared: Path | None) -> str:
+    # `shared`: a directory of this machine at the same path on the node, as an operator's project
+    # directory is on the manager's disk (the ops exporter bind-mounts it).
+    mount = ("-v", f"{shared}:{shared}") if shared else ()
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--hostname",
+        name,
+        "--network",
+        network,
+        *mount,
+        *NODE_OPTIONS,
+        NODE_IMAGE,
+    )
     deadline = time.monotonic() + 60
     while docker("exec", name, "docker", "info", check=False).returncode != 0:
         if time.monotonic() > deadline:
@@ -209,15 +224,18 @@ def _load_images(nodes: tuple[str, ...]) -> None:
 
 
 @contextmanager
-def swarm_cluster(name: str, *, managers: int = 1, workers: int = 0) -> Iterator[Cluster]:
+def swarm_cluster(
+    name: str, *, managers: int = 1, workers: int = 0, shared: Path | None = None
+) -> Iterator[Cluster]:
     """A swarm of `managers` + `workers` engines in containers on a network of its own, every stack
-    image loaded into every node, each node labelled with how to reach its engine; removed after."""
+    image loaded into every node, each node labelled with how to reach its engine, `shared`
+    mounted at its own path in each; removed after."""
     subprocess.run(["bash", str(REPO / "stack" / "swarm-node" / "build")], check=True, timeout=900)
     network = f"{name}-{os.getpid()}"
     nodes = tuple(f"{network}-node{i}" for i in range(1, managers + workers + 1))
     docker("network", "create", network)
     try:
-        addresses = {n: _start_node(n, network) for n in nodes}
+        addresses = {n: _start_node(n, network, shared) for n in nodes}
         _load_images(nodes)
         leader = nodes[0]
         docker("exec", leader, "docker", "swarm", "init", "--advertise-addr", addresses[leader])

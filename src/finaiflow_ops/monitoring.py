@@ -189,11 +189,13 @@ class Prometheus:
         )
 
     def wait_scraped(self, *, timeout: float = 30.0) -> tuple[ScrapeTarget, ...]:
-        """The targets once each has been scraped at least once (or as they are at the deadline)."""
+        """The targets once every one is up, or as they are at the deadline: a new target is
+        "unknown" until its first scrape, and an api container replaced at another address stays a
+        "down" target until DNS discovery refreshes (10 s), so a down target is asked again."""
         deadline = time.monotonic() + timeout
         while True:
             targets = self.targets()
-            if (targets and all(t.health != "unknown" for t in targets)) or time.monotonic() >= deadline:
+            if (targets and all(t.up for t in targets)) or time.monotonic() >= deadline:
                 return targets
             time.sleep(1)
 

@@ -21,11 +21,12 @@ import pytest
 from loadtests.gate import traffic
 
 from finaiflow_ops import envfile
+from finaiflow_ops.monitoring import Prometheus
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.swarm.cluster import Swarm
 from finaiflow_ops.target import Target
 from tests.rollout_support import BROKEN, NOTE_MIGRATION, build_image, built, failures, remove_image
-from tests.swarm_support import Cluster, cli, docker, free_port, make_project, ok, swarm_cluster
+from tests.swarm_support import Cluster, cli, free_port, make_project, ok, swarm_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 
@@ -39,27 +40,34 @@ def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def node(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the project directory lives: on this machine and, at the same path, on the node."""
+    return tmp_path_factory.mktemp("swarm")
+
+
+@pytest.fixture(scope="module")
+def node(request: pytest.FixtureRequest, shared: Path) -> Iterator[Cluster]:
     if not Target.parse(request.config.getoption("--target")).is_local:
         pytest.skip("the swarm tests make a swarm of containers on this machine")
-    with swarm_cluster("ffswarm", managers=1) as cluster, pytest.MonkeyPatch.context() as patch:
+    with (
+        swarm_cluster("ffswarm", managers=1, shared=shared) as cluster,
+        pytest.MonkeyPatch.context() as patch,
+    ):
         patch.setenv("DOCKER_HOST", cluster.env["DOCKER_HOST"])
         yield cluster
 
 
 @pytest.fixture(scope="module")
-def project(node: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def project(node: Cluster, shared: Path) -> Iterator[Path]:
     address = node.addresses[node.nodes[0]]
     directory = make_project(
-        tmp_path_factory.mktemp("swarm") / "stack",
+        shared / "stack",
         PROJECT,
         https_port=free_port(),
         http_port=free_port(),
         prometheus_port=free_port(),
         extra={"ALLOWED_HOSTS": f"staging.finaiflow.test,{address}"},
     )
-    # The ops exporter bind-mounts the project directory of the manager it runs on.
-    docker("exec", node.nodes[0], "mkdir", "-p", str(directory))
     try:
         up = cli(directory, "stack", "up", timeout=600)
         assert up.returncode == 0, up.stderr[-3000:]
@@ -213,6 +221,35 @@ def test_backup_and_restore_drill_run_against_the_database_task(swarm: Swarm) ->
     assert drill["tables"] == made["manifest"]["tables"], (drill, made["manifest"]["tables"])
     databases = [row[0] for row in swarm.stack.psql("SELECT datname FROM pg_database")]
     assert swarm.stack.env["POSTGRES_DB"] in databases and drill["scratch_database"] not in databases
+
+
+def test_check_verifies_the_swarm_stack_as_it_does_a_compose_one(swarm: Swarm) -> None:
+    """`check` on the swarm: services and their tasks, /health through nginx, every Prometheus
+    target up (the api tasks found through dnsrr DNS), rules, alerts, the newest backup (the one
+    the test above made, read by the ops exporter from the manager's project directory) and the
+    certificate; then one broken thing (redis scaled to 0) fails it naming Redis."""
+    directory = Path(swarm.stack.project_dir)
+    # The backup made above is seen once Prometheus scrapes the exporter again (every 10 s).
+    prom = Prometheus.of(swarm.stack)
+    deadline = time.monotonic() + 30
+    while prom.value('finaiflow_backup_last_verified_timestamp_seconds{job="ops"}') is None:
+        assert time.monotonic() < deadline, "Prometheus never got the backup facts from the exporter"
+        time.sleep(1)
+    report = cli(directory, "--json", "check", timeout=300)
+    items = {i["name"]: i for i in json.loads(report.stdout)["items"]}
+    failing = [i for i in items.values() if i["status"] == "fail"]
+    assert report.returncode == 0 and not failing and len(items) == 8, (failing, report.stderr[-1000:])
+    _docker("service", "scale", "--detach", f"{PROJECT}_redis=0")
+    try:
+        broken = cli(directory, "--json", "check", timeout=300)
+        items = {i["name"]: i for i in json.loads(broken.stdout)["items"]}
+        assert broken.returncode == 1 and items["services"]["status"] == "fail", items
+        assert "Redis" in items["services"]["detail"] or "Redis" in items["health"]["detail"], items
+    finally:
+        _docker("service", "scale", f"{PROJECT}_redis=1")
+    swarm.wait_converged(["redis"], timeout=120)
+    health = httpx.get(f"{swarm.stack.base_url()}/health", verify=False, timeout=10)
+    assert health.status_code == 200, health.text
 
 
 def test_a_missing_image_is_refused_before_anything_changes(swarm: Swarm) -> None:
