@@ -24,8 +24,7 @@ from finaiflow_ops.backup import list_backups
 from finaiflow_ops.backup.database import Database, quote_ident
 from finaiflow_ops.backup.encryption import Identity
 from finaiflow_ops.backup.manifest import backup_name, manifest_path, read_manifest
-from finaiflow_ops.backup.schedule import resolve_executable
-from finaiflow_ops.cli.backup import _BackupJob
+from finaiflow_ops.backup.schedule import Job, resolve_executable
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
 from tests.integration.backups_support import (
@@ -333,8 +332,8 @@ def test_restore_with_the_identity_swaps_in_the_data_and_the_safety_backup_is_en
 
 
 def test_the_scheduled_job_encrypts_in_crons_environment(stack: Stack, keys: Keys, tmp_path: Path) -> None:
-    job = _BackupJob(resolve_executable(Target.parse("local://"), None), stack.project_dir, str(tmp_path),
-                     create_options=("--encrypt-to", keys.public))
+    job = Job(resolve_executable(Target.parse("local://"), None), stack.project_dir, str(tmp_path),
+              create_options=("--encrypt-to", keys.public))
     minute_hour_etc_command = job.cron_block().splitlines()[1].split(" ", 5)
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "SHELL": "/bin/sh"}
     done = subprocess.run(["/bin/sh", "-c", minute_hour_etc_command[5].replace(r"\%", "%")], env=env,
