@@ -12,11 +12,27 @@ import click
 
 from finaiflow_ops.cli import backup, deploy, env, harden, monitor, stack, tls
 from finaiflow_ops.cli.options import Options
-from finaiflow_ops.errors import CommandFailed, OpsError
+from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable
 from finaiflow_ops.output import err
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """Click turns a broken pipe into a silent exit 1 (meant for `... | head`). Here it is nearly
+    always the connection to the target (ssh, or the Docker SDK's ssh transport) breaking in the
+    middle of a command, which must be said, with what to do."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            where = ctx.obj.target_url if isinstance(ctx.obj, Options) else "the target"
+            raise TargetUnreachable(
+                f"the connection to {where} broke in the middle of the command (broken pipe)",
+                hint="the progress lines above say what was done; run `finaiflow-ops check`, then the "
+                     "command again") from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--target", "target_url", default="local://", envvar="FINAIFLOW_TARGET", show_default=True,
               help="Where the stack runs: local://, ssh://user@host[:port], docker://container.")
 @click.option("--project-dir", default=".", envvar="FINAIFLOW_PROJECT_DIR", show_default=True,
