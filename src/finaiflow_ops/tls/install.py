@@ -196,13 +196,19 @@ def _activate(stack: Stack, cert_pem: bytes, key_pem: bytes, servername: str, *,
     return _wait_served(stack, servername, want, timeout=timeout)
 
 
+SERVED_STREAK = 5  # handshakes in a row on the new certificate: no old worker accepts any more
+
+
 def _wait_served(stack: Stack, servername: str, want: str, *, timeout: float) -> str:
-    """Old workers finish their connections; new connections get the new certificate soon after."""
+    """Old workers finish their connections; new connections get the new certificate soon after.
+    One handshake is not enough: an old worker may accept a few more connections until it has
+    handled the reload signal (seen in CI under load), so several in a row must agree."""
     deadline = time.monotonic() + timeout
-    seen = ""
+    seen, streak = "", 0
     while True:
         seen = _served_or_none(stack, servername) or "unreachable"
-        if seen == want:
+        streak = streak + 1 if seen == want else 0
+        if streak >= SERVED_STREAK or (streak and time.monotonic() >= deadline):
             return seen
         if time.monotonic() >= deadline:
             tail = stack.exec(SERVICE, ["tail", "-n", "3", "/var/log/nginx/error.log"], check=False).stdout
