@@ -642,24 +642,22 @@ class _Rollout:
 
 
 def pre_deploy_backup(stack: Stack, say: Progress) -> str | None:
-    """A verified pre-deploy backup of the database (finaiflow_ops.backup); its file name. Both
-    backends take it before anything changes; a failure stops the deploy with nothing changed."""
+    """A verified pre-deploy backup of the database (finaiflow_ops.backup), where the target keeps
+    its backups; its file name. Both backends take it before anything changes; a failure stops the
+    deploy with nothing changed."""
     try:
         from finaiflow_ops.backup import archive
-        from finaiflow_ops.backup.database import Database
     except ImportError:  # an installation without the backup primitives
         say("no backup module (finaiflow_ops.backup): no pre-deploy backup")
         return None
     say("taking a pre-deploy backup")
     try:
-        made = archive.create(Database.of(stack), archive.default_directory(stack),
-                              release=archive.stack_release(stack), project=stack.project,
-                              reason="pre-deploy", progress=say)
+        path = archive.take(stack, reason="pre-deploy", progress=say)
     except OpsError as exc:
         raise DeployFailed(f"the pre-deploy backup failed: {exc.message}; nothing was changed",
                            hint=exc.hint or "fix it, or deploy with --no-backup") from None
-    say(f"pre-deploy backup {made.path}")
-    return posixpath.basename(made.path)
+    say(f"pre-deploy backup {path}")
+    return posixpath.basename(path)
 
 
 def _epoch(docker_time: str) -> float:

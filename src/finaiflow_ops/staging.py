@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from finaiflow_ops import tls
+from finaiflow_ops import relay, tls
 from finaiflow_ops.backup import archive, schedule
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.manifest import manifest_path
@@ -34,6 +34,8 @@ def prepare(stack: Stack, *, progress: Callable[[str], None] | None = None) -> P
     say = progress or (lambda _msg: None)
     say("installing a staging certificate from the development CA")
     tls.install_dev_certificate(stack)
+    if stack.target.kind == "ssh":
+        return _prepare_on_host(stack, say)
     directory = archive.default_directory(stack)
     created = not directory.exists()
     say(f"taking a first verified backup into {directory}")
@@ -48,10 +50,25 @@ def prepare(stack: Stack, *, progress: Callable[[str], None] | None = None) -> P
     return Prepared(str(made.path), created, installed)
 
 
+def _prepare_on_host(stack: Stack, say: Callable[[str], None]) -> Prepared:
+    """The backup and its daily job on a remote host, by the host's own finaiflow-ops (the backups
+    stay there, as the daily job's do)."""
+    made = archive.take(stack, reason="first backup of a new staging", progress=say)
+    installed = False
+    if not schedule.status(stack.target, stack.project_dir).installed:
+        say("installing the daily backup job on the host")
+        relay.run(stack, "backup", "schedule", yes=True, timeout=120)
+        installed = True
+    return Prepared(made, False, installed)
+
+
 def undo(stack: Stack, prepared: Prepared) -> None:
     """Remove what `prepare` made (the certificate goes with the stack's volumes)."""
     if prepared.schedule_installed:
         schedule.remove(stack.target, stack.project_dir)
+    if stack.target.kind == "ssh":
+        stack.target.run("rm", "-f", "--", prepared.backup, str(manifest_path(Path(prepared.backup))))
+        return
     for path in (Path(prepared.backup), manifest_path(Path(prepared.backup))):
         path.unlink(missing_ok=True)
     directory = Path(prepared.backup).parent

@@ -3,9 +3,11 @@
 A Target is named by a testinfra host URL:
 
     local://                      this machine (commands through `sh`, engine from DOCKER_HOST or the socket)
-    ssh://user@host[:port]        a remote host over OpenSSH (key auth, never a password prompt;
-                                  ?identity_file=PATH for a key outside the agent and ~/.ssh);
-                                  its engine through `docker` over the same SSH
+    ssh://[user@]host[:port]      a remote host over OpenSSH (key auth, never a password prompt); host may
+                                  be an alias of ~/.ssh/config; ?identity_file=PATH for a key outside the
+                                  agent and ~/.ssh, ?ssh_config=FILE (or $FINAIFLOW_SSH_CONFIG) for
+                                  another ssh config file. ONE connection (finaiflow_ops.ssh) carries the
+                                  commands, file streams and the host's Docker engine.
     docker://container            a container seen as a host (for host facts, not for the stack)
 
 There is one way to run a command, `Target.run(*argv)`: arguments are a list, quoted in one place.
@@ -16,15 +18,14 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from finaiflow_ops.errors import CommandFailed, TargetUnreachable, UsageError
+from finaiflow_ops.ssh import SshConnection, ssh_error_line, ssh_failed
 
 if TYPE_CHECKING:
     import docker
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["CommandResult", "Target"]
 
 Kind = Literal["local", "ssh", "docker"]
+_OPTIONS = ("identity_file", "ssh_config")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Target:
     user: str = ""
     port: int | None = None
     identity_file: str = ""  # ssh://...?identity_file=PATH
+    ssh_config: str = ""  # ssh://...?ssh_config=FILE, else $FINAIFLOW_SSH_CONFIG
     url: str = field(default="local://", compare=False)
 
     @classmethod
@@ -71,24 +74,52 @@ class Target:
         if parts.scheme == "local" and not parts.netloc:
             return cls("local", url=url)
         query = dict(parse_qsl(parts.query))
-        if set(query) - {"identity_file"}:
-            raise UsageError(f"unknown option in target {url!r}", hint="accepted: ?identity_file=PATH")
+        if set(query) - set(_OPTIONS):
+            raise UsageError(f"unknown option in target {url!r}",
+                             hint="accepted: ?identity_file=PATH, ?ssh_config=FILE")
         if parts.scheme in ("ssh", "docker") and parts.hostname:
+            config = query.get("ssh_config", os.environ.get("FINAIFLOW_SSH_CONFIG", ""))
             return cls(parts.scheme, parts.hostname, parts.username or "", port,  # type: ignore[arg-type]
-                       query.get("identity_file", ""), url=url)
+                       query.get("identity_file", ""), config if parts.scheme == "ssh" else "", url=url)
         raise UsageError(f"unsupported target {url!r}", hint=forms)
 
     @property
     def is_local(self) -> bool:
         return self.kind == "local"
 
-    @property
+    @cached_property
     def address(self) -> str:
-        """The host name to reach published ports at ("127.0.0.1" for local and docker targets)."""
-        return self.host if self.kind == "ssh" else "127.0.0.1"
+        """The address to reach published ports at: the host ssh really connects to (an alias's
+        HostName), or 127.0.0.1 for local and docker targets."""
+        if self.kind != "ssh":
+            return "127.0.0.1"
+        return self._ssh.resolved().get("hostname", self.host)
 
     def __str__(self) -> str:
         return self.url
+
+    # -- the connection -------------------------------------------------------------------------
+
+    @cached_property
+    def _ssh(self) -> SshConnection:
+        return SshConnection(self.host, self.user, self.port, self.identity_file, self.ssh_config,
+                             label=self.url)
+
+    @property
+    def ssh_connections(self) -> int:
+        """How many SSH connections this target opened so far (0 on local and docker targets)."""
+        return self._ssh.opened if self.kind == "ssh" and "_ssh" in self.__dict__ else 0
+
+    @property
+    def ssh_lost(self) -> bool:
+        """Whether this target's SSH connection was open and is gone."""
+        return self.kind == "ssh" and "_ssh" in self.__dict__ and self._ssh.lost
+
+    def close(self) -> None:
+        """End the SSH connection now (it also ends with the process)."""
+        if self.kind == "ssh" and "_ssh" in self.__dict__:
+            self._ssh.close()
+            self.__dict__.pop("_docker", None)
 
     # -- commands ---------------------------------------------------------------------------------
 
@@ -97,18 +128,7 @@ class Target:
         import testinfra
 
         if self.kind == "ssh":
-            netloc = f"{self.user}@{self.host}" if self.user else self.host
-            netloc += f":{self.port}" if self.port else ""
-            # BatchMode: fail instead of prompting for a password when no key works.
-            return testinfra.get_host(
-                f"ssh://{netloc}",
-                ssh_extra_args="-o BatchMode=yes -o StrictHostKeyChecking=accept-new",
-                ssh_identity_file=self.identity_file or None,
-                # One connection reused by every command of a run, instead of one each.
-                # (testinfra %-formats the ssh command: %%C reaches ssh as its %C token.)
-                controlpath=f"{_control_dir()}/%%C",
-                timeout=15,
-            )
+            return _testinfra_host(self)
         return testinfra.get_host(self.url)
 
     def host_facts(self) -> Any:
@@ -126,25 +146,7 @@ class Target:
         if self.kind == "local":
             result = self._run_local(argv, timeout=timeout, input=input)
         else:
-            if input is not None:
-                raise UsageError("standard input is only supported on local targets")
-            try:
-                out = self._testinfra.run(shlex.join(argv))
-                result = CommandResult(tuple(argv), out.rc, out.stdout, out.stderr)
-            except RuntimeError as exc:  # testinfra's ssh backend raises on any exit 255
-                out = exc.args[0] if exc.args else None
-                stderr = str(getattr(out, "stderr", "") or "")
-                if _ssh_failed(stderr):
-                    raise TargetUnreachable(
-                        f"cannot reach {self.url}: {_ssh_error_line(stderr)}",
-                        hint="check the host, port and that your SSH key is accepted (ssh -o BatchMode=yes)",
-                    ) from None
-                # The remote command itself exited 255 (sshd -t, fail2ban-client do): a normal result.
-                result = CommandResult(tuple(argv), 255, str(getattr(out, "stdout", "") or ""), stderr)
-            gone = ("No such container", "is not running")
-            if self.kind == "docker" and any(g in result.stderr for g in gone):
-                raise TargetUnreachable(f"cannot reach {self.url}: {result.stderr.strip().splitlines()[0]}",
-                                        hint="start the container, or check its name with `docker ps`")
+            result = self._run_remote(argv, timeout=timeout, input=input)
         if check and not result.ok:
             raise CommandFailed(
                 f"`{shlex.join(argv[:3])}{' ...' if len(argv) > 3 else ''}` failed on {self} "
@@ -154,6 +156,35 @@ class Target:
                 output_tail=_tail(result.stderr or result.stdout),
             )
         return result
+
+    def _run_remote(self, argv: tuple[str, ...], *, timeout: float | None,
+                    input: bytes | None) -> CommandResult:
+        try:
+            done = subprocess.run(self.command_argv(argv), input=input or b"", capture_output=True,
+                                  timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandFailed(f"`{shlex.join(argv[:3])}` timed out after {timeout} s on {self}",
+                                argv=argv) from exc
+        result = CommandResult(argv, done.returncode, done.stdout.decode(errors="replace"),
+                               done.stderr.decode(errors="replace"))
+        if self.kind == "ssh" and result.exit_status == 255 and ssh_failed(result.stderr):
+            raise self.unreachable(result.stderr)
+        gone = ("No such container", "is not running")
+        if self.kind == "docker" and any(g in result.stderr for g in gone):
+            raise TargetUnreachable(f"cannot reach {self.url}: {result.stderr.strip().splitlines()[0]}",
+                                    hint="start the container, or check its name with `docker ps`")
+        # Otherwise a 255 is the remote command's own (sshd -t, fail2ban-client): a normal result.
+        return result
+
+    def unreachable(self, stderr: str) -> TargetUnreachable:
+        """The error for an ssh call that failed as ssh (not as the remote command)."""
+        line = ssh_error_line(stderr)
+        if line == "the connection was lost":
+            return TargetUnreachable(f"the SSH connection to {self.url} was lost",
+                                     hint="run the command again: it picks up what was left")
+        return TargetUnreachable(
+            f"cannot reach {self.url}: {line}",
+            hint="check the host, port and that your SSH key is accepted (ssh -o BatchMode=yes)")
 
     @staticmethod
     def _run_local(argv: tuple[str, ...], *, timeout: float | None, input: bytes | None) -> CommandResult:
@@ -175,20 +206,15 @@ class Target:
         )
 
     def command_argv(self, argv: Sequence[str]) -> list[str]:
-        """The local argv that runs `argv` on the target, for callers that stream through pipes
-        (run() captures output): as is on local, through ssh with run()'s options and shared
-        connection (one quoted string: the remote shell splits it), `docker exec -i` on a container."""
+        """The local argv that runs `argv` on the target, for callers that stream through pipes:
+        as is on local, over the shared SSH connection (one quoted string: the remote shell splits
+        it), `docker exec -i` on a container."""
         if self.kind == "local":
             return list(argv)
         if self.kind == "docker":
             return ["docker", "exec", "-i", self.host, *argv]
-        options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=15",
-                   "-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
-                   "-o", f"ControlPath={_control_dir()}/%C"]
-        options += ["-o", f"User={self.user}"] if self.user else []
-        options += ["-o", f"Port={self.port}"] if self.port else []
-        options += ["-i", self.identity_file] if self.identity_file else []
-        return ["ssh", *options, "--", self.host, shlex.join(argv)]
+        self._ssh.open()
+        return self._ssh.client_argv(shlex.join(argv))
 
     def exists(self, path: str) -> bool:
         return self.run("test", "-e", path, check=False).ok
@@ -202,6 +228,7 @@ class Target:
     def _docker(self) -> docker.DockerClient:
         import docker
         import docker.errors
+        import requests
 
         if self.kind == "docker":
             raise UsageError(
@@ -210,17 +237,15 @@ class Target:
             )
         try:
             if self.kind == "ssh":
-                netloc = f"{self.user}@{self.host}" if self.user else self.host
-                netloc += f":{self.port}" if self.port else ""
-                client = docker.DockerClient(base_url=f"ssh://{netloc}", use_ssh_client=True, timeout=60)
+                # The host's engine socket, forwarded over the shared connection.
+                client = docker.DockerClient(base_url=f"unix://{self._ssh.engine_socket}", timeout=60)
             else:
                 client = docker.from_env(timeout=60)
             client.ping()
-        except (docker.errors.DockerException, OSError, subprocess.SubprocessError) as exc:
-            raise TargetUnreachable(
-                f"the Docker engine on {self.url} is not reachable",
-                hint="start it (on this machine: sudo scripts/provision) or check DOCKER_HOST",
-            ) from exc
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            hint = ("install and start it: finaiflow-ops --target URL host setup" if self.kind == "ssh"
+                    else "start it (on this machine: sudo scripts/provision) or check DOCKER_HOST")
+            raise TargetUnreachable(f"the Docker engine on {self.url} is not reachable", hint=hint) from exc
         return client
 
     def docker(self) -> docker.DockerClient:
@@ -228,28 +253,22 @@ class Target:
         return self._docker
 
 
-def _control_dir() -> str:
-    """A private directory for ssh's connection-sharing sockets."""
-    path = Path(tempfile.gettempdir()) / f"finaiflow-ssh-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    path.chmod(0o700)
-    return str(path)
+def _testinfra_host(target: Target) -> Any:
+    """testinfra's Host for an ssh target, whose commands go through Target.run over the shared
+    connection (testinfra's own ssh backend would open a connection of its own)."""
+    from testinfra.backend.base import BaseBackend
+    from testinfra.host import Host
 
+    class Backend(BaseBackend):  # type: ignore[misc]
+        NAME = "finaiflow"
 
-_SSH_FAILURES = ("ssh:", "Permission denied (", "Host key verification failed", "Connection closed by",
-                 "kex_exchange_identification", "Connection reset by")
+        def run(self, command: str, *args: str, **kwargs: Any) -> Any:
+            line = self.get_command(command, *args)
+            done = target.run("sh", "-c", line, check=False)
+            return self.result(done.exit_status, self.encode(line), done.stdout.encode(),
+                               done.stderr.encode())
 
-
-def _ssh_error_line(stderr: str) -> str:
-    """ssh's own complaint, skipping warnings such as `Permanently added ... to known hosts`."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("Warning:")]
-    return lines[-1] if lines else "connection failed"
-
-
-def _ssh_failed(stderr: str) -> bool:
-    """Whether a 255 exit came from ssh failing to connect or log in, not from the remote command."""
-    return any(line.lstrip().startswith(_SSH_FAILURES) or "Permission denied (" in line
-               for line in stderr.splitlines())
+    return Host(Backend(target.host))
 
 
 def _tail(text: str, lines: int = 20) -> str:

@@ -17,6 +17,7 @@ from finaiflow_ops.backup.manifest import Encryption, Manifest, backup_name, is_
 from finaiflow_ops.backup.offsite import parse_destination
 from finaiflow_ops.backup.schedule import Job
 from finaiflow_ops.errors import UsageError
+from finaiflow_ops.ssh import CONNECTION_LOST, SshConnection
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
 
@@ -137,14 +138,16 @@ def test_command_argv_runs_as_is_locally_and_in_a_container() -> None:
 
 def test_command_argv_over_ssh_quotes_once_and_shares_run_s_connection() -> None:
     argv = ["sh", "-c", 'cat >"$1"', "copy", "/srv/it's here"]
-    ssh = Target.parse("ssh://deploy@vps:2222?identity_file=/k/id").command_argv(argv)
+    connection = SshConnection("vps", "deploy", 2222, "/k/id", "/k/config")
+    ssh = connection.client_argv(shlex.join(argv))
     assert ssh[0] == "ssh" and ssh[-3:-1] == ["--", "vps"]
     assert shlex.split(ssh[-1]) == argv  # the remote shell gets back exactly these arguments
     options = " ".join(ssh[1:-3])
-    for wanted in ("BatchMode=yes", "StrictHostKeyChecking=accept-new", "User=deploy", "Port=2222",
-                   "-i /k/id", "ControlMaster=auto", "ControlPath="):
+    for wanted in ("-F /k/config", "BatchMode=yes", "StrictHostKeyChecking=accept-new", "User=deploy",
+                   "Port=2222", "-i /k/id", "ControlMaster=no", f"ControlPath={connection.control_path}"):
         assert wanted in options, options
-    assert options.split("ControlPath=")[1].split()[0].endswith("/%C")
+    # Never a connection of its own when the shared one is gone: the fallback only says so.
+    assert "ProxyCommand=" in options and CONNECTION_LOST in options
 
 
 # -- the scheduled job ------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def test_the_scheduled_backup_encrypts_and_its_prune_is_unchanged() -> None:
 
 def test_a_remote_target_has_no_default_backup_directory() -> None:
     # PROJECT_DIR is a path on the target; its backups stream here (the pre-deploy backup refuses too).
-    with pytest.raises(UsageError, match="kept on this machine, in a directory that must be named"):
+    with pytest.raises(UsageError, match="streamed to this machine are kept in a directory that must be named"):
         default_directory(Stack(Target.parse("ssh://deploy@vps"), "/opt/finaiflow"))
     local = Stack(Target.parse("local://"), "/opt/finaiflow")
     assert default_directory(local) == Path("/opt/finaiflow/backups")

@@ -90,8 +90,8 @@ def test_identity_file_is_a_target_option() -> None:
     ],
 )
 def test_a_remote_exit_255_is_unreachable_only_when_ssh_failed(stderr: str, unreachable: bool) -> None:
-    from finaiflow_ops.target import _ssh_error_line, _ssh_failed
+    from finaiflow_ops.ssh import ssh_error_line, ssh_failed
 
-    assert _ssh_failed(stderr) is unreachable
+    assert ssh_failed(stderr) is unreachable
     if unreachable:
-        assert not _ssh_error_line(stderr).startswith("Warning:")
+        assert not ssh_error_line(stderr).startswith("Warning:")

@@ -144,13 +144,29 @@ class Verification:
 def default_directory(stack: Stack) -> Path:
     """PROJECT_DIR/backups: where backups go unless --dir says otherwise.
 
-    Only for a local target: backups of a remote one stream to this machine, where PROJECT_DIR
-    (a path on the target) means nothing, so their directory must be named.
+    Only for a local target: a remote one keeps its backups on the host, where its own finaiflow-ops
+    takes them (`take`); streamed to this machine, they go to a directory that must be named.
     """
     if not stack.target.is_local:
-        raise UsageError(f"backups of {stack.target} are kept on this machine, in a directory that must be "
-                         "named (PROJECT_DIR/backups is on the target)")
+        raise UsageError(f"backups of {stack.target} streamed to this machine are kept in a directory that "
+                         "must be named (PROJECT_DIR/backups is on the target: `take` backs up there)")
     return Path(stack.project_dir) / "backups"
+
+
+def take(stack: Stack, *, reason: str, progress: Progress | None = None) -> str:
+    """A verified backup of the stack's database where the target keeps them (PROJECT_DIR/backups);
+    its path there. On an ssh target the host's finaiflow-ops takes it (finaiflow_ops.relay): the
+    dump never leaves the host."""
+    say = progress or (lambda _msg: None)
+    if stack.target.kind == "ssh":
+        from finaiflow_ops import relay
+
+        say(f"taking a backup on {stack.target} (its finaiflow-ops, into {stack.project_dir}/backups)")
+        done = relay.run(stack, "--json", "backup", "create", "--reason", reason, timeout=3600)
+        return str(json.loads(done.stdout)["path"])
+    made = create(Database.of(stack), default_directory(stack), release=stack_release(stack),
+                  project=stack.project, reason=reason, progress=say)
+    return made.path
 
 
 def stack_release(stack: Stack) -> str:

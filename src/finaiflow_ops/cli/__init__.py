@@ -11,25 +11,30 @@ import sys
 import click
 
 from finaiflow_ops.cli import backup, deploy, env, harden, monitor, stack, tls
-from finaiflow_ops.cli.options import Options
+from finaiflow_ops.cli.options import Options, last_step, record_invocation
 from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable
 from finaiflow_ops.output import err
 
 
 class _Cli(click.Group):
-    """Click turns a broken pipe into a silent exit 1 (meant for `... | head`). Here it is nearly
-    always the connection to the target (ssh, or the Docker SDK's ssh transport) breaking in the
-    middle of a command, which must be said, with what to do."""
+    """A connection to the target that breaks in the middle of a command (ssh dies, the network
+    goes) surfaces as a broken pipe or a refused connection to the forwarded engine socket. Click
+    would turn a broken pipe into a silent exit 1 (meant for `... | head`): here it is exit 3,
+    naming the target and the last step reached."""
 
     def invoke(self, ctx: click.Context) -> object:
+        import requests
+
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:
+        except (BrokenPipeError, ConnectionError, requests.ConnectionError) as exc:
             where = ctx.obj.target_url if isinstance(ctx.obj, Options) else "the target"
+            lost = isinstance(ctx.obj, Options) and ctx.obj.target.kind == "ssh" and ctx.obj.target.ssh_lost
+            what = "was lost" if lost else f"broke in the middle of the command ({type(exc).__name__})"
+            step = f" during: {last_step()}" if last_step() else ""
             raise TargetUnreachable(
-                f"the connection to {where} broke in the middle of the command (broken pipe)",
-                hint="the progress lines above say what was done; run `finaiflow-ops check`, then the "
-                     "command again") from None
+                f"the connection to {where} {what}{step}",
+                hint="run `finaiflow-ops check`, then the command again: it picks up what was left") from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,6 +64,7 @@ for _group in (stack.stack, env.env, tls.tls_group, deploy.deploy, deploy.rollba
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn library errors into one clear stderr line and a meaningful exit code."""
+    record_invocation(list(sys.argv[1:] if argv is None else argv))
     try:
         code = cli.main(args=argv, prog_name="finaiflow-ops", standalone_mode=False)
     except click.exceptions.Abort:

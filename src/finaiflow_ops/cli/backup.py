@@ -5,32 +5,43 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.table import Table
 
+from finaiflow_ops import relay
 from finaiflow_ops import restore as restoring
 from finaiflow_ops.backup import archive, encryption, offsite, retention, schedule
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.encryption import Identity
 from finaiflow_ops.backup.inventory import list_backups
 from finaiflow_ops.backup.notify import notify_failure
-from finaiflow_ops.cli.options import Options, pass_options, progress
-from finaiflow_ops.errors import CheckFailed, OpsError, UsageError
+from finaiflow_ops.cli.options import Options, invocation, pass_options, progress
+from finaiflow_ops.errors import CheckFailed, OpsError
 from finaiflow_ops.output import err, out, print_json
 
 _DIR_HELP = "The backup directory (default: PROJECT_DIR/backups)."
 
 
-def _directory(opts: Options, directory: str | None) -> Path:
-    """The backup directory, on this machine: with a remote target the dump streams here (off the
-    database host), and the directory must be named."""
+def _directory(opts: Options, directory: str | None, *, asks: str = "") -> Path:
+    """The backup directory on this machine: --dir, else PROJECT_DIR/backups of a local target.
+
+    On an ssh target without --dir the command runs on the host (finaiflow_ops.relay), where its
+    backups are, and this process exits with its status; `asks` is the question the command asks
+    before changing something, asked here since the host has no terminal.
+    """
     if directory:
         return Path(directory).resolve()
-    if not opts.target.is_local:
-        raise UsageError(f"with a remote target ({opts.target}) backup files are kept on this machine",
-                         hint="name their directory here with --dir DIR")
+    if opts.target.kind == "ssh":
+        _on_host(opts, asks=asks)
     return archive.default_directory(opts.stack)
+
+
+def _on_host(opts: Options, *, asks: str = "") -> NoReturn:
+    if asks:
+        opts.confirm(f"{asks} (on {opts.target})")
+    raise click.exceptions.Exit(relay.stream(opts.stack, invocation(), yes=bool(asks) or opts.yes))
 
 
 def _identity(path: Path | None) -> Identity | None:
@@ -91,9 +102,10 @@ def backup() -> None:
 @click.option("--copy-to", default=None, help="Also copy the verified backup there: a directory (another "
               "disk, a mount) or ssh://user@host[:port]/path.")
 @click.option("--notify", default=None, help=_NOTIFY_HELP)
+@click.option("--reason", default="manual", show_default=True, help="Why it is taken (in its manifest).")
 @pass_options
 def backup_create(opts: Options, directory: str | None, database: str | None, compress: int,
-                  encrypt_to: tuple[str, ...], copy_to: str | None, notify: str | None) -> None:
+                  encrypt_to: tuple[str, ...], copy_to: str | None, notify: str | None, reason: str) -> None:
     """Dump the database on one snapshot, read it back in full, checksum it, write its manifest."""
     where = _directory(opts, directory)
     with _notifying(notify, "create", where):
@@ -101,7 +113,7 @@ def backup_create(opts: Options, directory: str | None, database: str | None, co
         destination = offsite.parse_destination(copy_to) if copy_to else None
         made = archive.create(Database.of(opts.stack, database), where, compress=compress,
                               release=archive.stack_release(opts.stack), project=opts.stack.project,
-                              recipients=recipients, progress=progress)
+                              reason=reason, recipients=recipients, progress=progress)
         copied = offsite.copy(Path(made.path), destination, progress=progress) if destination else None
     if opts.json:
         print_json(made)
@@ -122,8 +134,11 @@ def backup_verify(opts: Options, file: Path, identity: Path | None) -> None:
     """Check FILE in full: manifest, size, checksum, a complete read, the row counts (exit 1 if not).
 
     An encrypted FILE is read in full only with --identity; without it, its checksum and manifest
-    are checked and the output says that it was not read.
+    are checked and the output says that it was not read. On an ssh target, a FILE that is not on
+    this machine is verified on the host.
     """
+    if opts.target.kind == "ssh" and not file.exists():
+        _on_host(opts)
     result = archive.verify(Database.of(opts.stack), file.resolve(), identity=_identity(identity),
                             progress=progress)
     if opts.json:
@@ -179,7 +194,8 @@ def backup_prune(opts: Options, directory: str | None, database: str | None, kee
                  keep_last: int, daily: int, weekly: int, monthly: int, max_age_hours: float,
                  dry_run: bool, notify: str | None) -> None:
     """Delete backups outside the retention policy (the runbook's 30 days by default)."""
-    where = _directory(opts, directory)
+    asks = "" if dry_run else "delete backups outside the retention policy?"
+    where = _directory(opts, directory, asks=asks)
     if keep_days is None and not (daily or weekly or monthly):
         keep_days = 30
     policy = retention.Policy(keep_days, keep_last, daily, weekly, monthly, max_age_hours)
@@ -284,7 +300,7 @@ def restore() -> None:
 @pass_options
 def restore_file(opts: Options, file: Path, directory: str | None, identity: Path | None) -> None:
     """Replace the live database with FILE (asks first unless --yes)."""
-    where = _directory(opts, directory)
+    where = _directory(opts, directory, asks=f"replace the live database with {file.name}?")
     key = _identity(identity)
     # A missing, unverified or undecryptable file is refused before asking.
     restoring.check_restorable(file.resolve(), key)
@@ -321,8 +337,9 @@ def restore_undo(opts: Options) -> None:
 @pass_options
 def restore_drill(opts: Options, file: Path | None, directory: str | None, identity: Path | None) -> None:
     """Restore FILE (default: the newest verified backup) into a scratch database, compare, drop it."""
-    # A named FILE needs no directory (nor --dir with a remote target): its own is used.
-    where = file.resolve().parent if file and not directory else _directory(opts, directory)
+    # A named FILE on this machine needs no directory: its own is used.
+    local_file = file is not None and (opts.target.is_local or file.exists())
+    where = file.resolve().parent if file and local_file and not directory else _directory(opts, directory)
     result = restoring.drill(Database.of(opts.stack), file.resolve() if file else None, directory=where,
                              identity=_identity(identity), progress=progress)
     if opts.json:

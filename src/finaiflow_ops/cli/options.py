@@ -61,6 +61,25 @@ def emit(opts: Options, result: R, render: Callable[[R], object]) -> None:
         render(result)
 
 
+_steps: list[str] = []
+_invocation: list[str] = []  # the command line as typed (main() records it), for relaying it
+
+
+def record_invocation(args: list[str]) -> None:
+    _invocation[:] = args
+
+
+def invocation() -> list[str]:
+    """The command line's arguments as typed, after the program name."""
+    return list(_invocation)
+
+
 def progress(message: str) -> None:
-    """Progress of long work, on stderr."""
+    """Progress of long work, on stderr (the last step is kept for an error that cuts it short)."""
+    _steps[:] = [message]
     err.print(f"[dim]…[/dim] {message}")
+
+
+def last_step() -> str:
+    """The last progress line printed, or ""."""
+    return _steps[-1] if _steps else ""
