@@ -19,9 +19,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from finaiflow_ops.errors import EnvFileError, UsageError
+
+if TYPE_CHECKING:
+    from finaiflow_ops.target import Target
 
 __all__ = [
     "EnvFile",
@@ -297,6 +301,36 @@ def write(path: Path, values: Mapping[str, str], *, force: bool = False) -> Path
     finally:
         # Gone already after a replace; still there after a link or an error.
         tmp.unlink(missing_ok=True)
+    return path
+
+
+# Writes stdin to $1 on a target as `write` does here: created 0600 in the same directory, synced,
+# then linked into place (refusing an existing file, exit 17) or, with $2 = force, renamed over it.
+_WRITE_ON_TARGET = r"""set -eu
+umask 077
+tmp=$(mktemp "$(dirname -- "$1")/.env.XXXXXXXXXX")
+trap 'rm -f -- "$tmp"' EXIT
+cat >"$tmp"
+sync -- "$tmp" 2>/dev/null || sync
+if [ "$2" = force ]; then mv -f -- "$tmp" "$1"; else ln -- "$tmp" "$1" 2>/dev/null || exit 17; fi
+"""
+
+
+def write_on(target: Target, path: str, values: Mapping[str, str], *, force: bool = False) -> str:
+    """`write` on a target (a remote host): the same atomic 0600 file, the secrets carried on the
+    connection's standard input, never on a command line."""
+    text = render(values)
+    if not force and target.exists(path):
+        raise _exists_error(Path(path))
+    done = target.run("sh", "-c", _WRITE_ON_TARGET, "write-env", path, "force" if force else "new",
+                      input=text.encode("utf-8"), check=False)
+    if done.exit_status == 17:
+        raise _exists_error(Path(path))
+    if not done.ok:
+        problem = (done.stderr.strip().splitlines() or ["exit " + str(done.exit_status)])[-1]
+        raise UsageError(f"cannot write {path} on {target}: {problem}",
+                         hint="check that the project directory exists there (finaiflow-ops host setup "
+                              "--project-dir DIR makes it)")
     return path
 
 

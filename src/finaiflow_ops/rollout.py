@@ -112,6 +112,7 @@ class DeployResult:
     drain_seconds: float
     total_seconds: float
     phases: tuple[Phase, ...]
+    ssh_connections: int = 0  # SSH connections the command opened to the target (one, on an ssh target)
 
 
 @dataclass(frozen=True)
@@ -615,7 +616,8 @@ class _Rollout:
             previous.id if previous else None, note=note))
         result = DeployResult(self.service, kind, release, previous, tuple(c.name for c in new),
                               tuple(c.name for c in serving), tuple(repaired), switched,
-                              round(drain_seconds, 2), self.elapsed(), tuple(self.phases))
+                              round(drain_seconds, 2), self.elapsed(), tuple(self.phases),
+                              self.stack.target.ssh_connections)
         releases.audit(self.stack, kind, service=self.service, image=image, release=release.id,
                        previous=previous.label if previous else None, switch_seconds=switched,
                        total_seconds=result.total_seconds, repaired=list(repaired),

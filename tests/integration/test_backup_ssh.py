@@ -41,8 +41,10 @@ def ops(sshd: LocalSshd, *args: str) -> subprocess.CompletedProcess[str]:
 def test_backup_and_drill_over_an_ssh_target_keep_the_archive_on_this_machine(
         sshd: LocalSshd, stack: Stack, tmp_path: Path) -> None:
     over_ssh = ("--target", sshd.url(), "--project-dir", stack.project_dir)
-    needs_dir = ops(sshd, *over_ssh, "backup", "create")
-    assert needs_dir.returncode == 2 and "name their directory here with --dir" in error_line(needs_dir)
+    # Without --dir the backup is the host's, taken by its own finaiflow-ops: this one has none.
+    on_host = ops(sshd, *over_ssh, "backup", "create")
+    assert on_host.returncode == 2 and "finaiflow-ops is not installed on" in error_line(on_host)
+    assert "host setup" in error_line(on_host)
 
     made = ops(sshd, *over_ssh, "--json", "backup", "create", "--dir", str(tmp_path))
     assert made.returncode == 0, made.stderr
@@ -126,3 +128,28 @@ def test_copy_to_refuses_a_destination_without_a_remote_path(sshd: LocalSshd, st
     result = copy_to(sshd, stack, local_backup, "ssh://root@127.0.0.1")
     assert result.returncode == 2 and "no remote directory" in error_line(result)
     assert backups_in(local_backup.parent) == before  # refused before any dump
+
+
+def test_a_full_restore_and_its_undo_over_an_ssh_target_swap_the_database_there(
+        sshd: LocalSshd, stack: Stack, tmp_path: Path) -> None:
+    over_ssh = ("--target", sshd.url(), "--project-dir", stack.project_dir)
+    made = ops(sshd, *over_ssh, "--json", "backup", "create", "--dir", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    path = json.loads(made.stdout)["path"]
+    stack.psql("CREATE TABLE after_the_backup (x int)")
+    set_aside: list[str] = []
+    try:
+        restored = ops(sshd, *over_ssh, "--yes", "--json", "restore", path, "--dir", str(tmp_path))
+        assert restored.returncode == 0, restored.stderr
+        result = json.loads(restored.stdout)
+        assert stack.psql("SELECT to_regclass('after_the_backup') IS NULL") == [["t"]]
+        assert Path(result["safety_backup"]).parent == tmp_path  # the data it replaced, kept here
+        assert result["tables"] == dict(read_manifest(Path(path)).tables)
+        undone = ops(sshd, *over_ssh, "--yes", "--json", "restore", "undo")
+        assert undone.returncode == 0, undone.stderr
+        set_aside.append(json.loads(undone.stdout)["set_aside"])
+        assert stack.psql("SELECT to_regclass('after_the_backup') IS NULL") == [["f"]]
+    finally:
+        stack.psql("DROP TABLE IF EXISTS after_the_backup")
+        for name in set_aside:
+            stack.psql(f'DROP DATABASE IF EXISTS "{name}"')

@@ -165,8 +165,9 @@ def test_the_scheduled_backup_encrypts_and_its_prune_is_unchanged() -> None:
 
 
 def test_a_remote_target_has_no_default_backup_directory() -> None:
-    # PROJECT_DIR is a path on the target; its backups stream here (the pre-deploy backup refuses too).
-    with pytest.raises(UsageError, match="streamed to this machine are kept in a directory that must be named"):
+    # PROJECT_DIR is a path on the target: streamed here, backups need a directory named here (the
+    # host's own finaiflow-ops keeps them in PROJECT_DIR/backups: archive.take).
+    with pytest.raises(UsageError, match="streamed to this machine are kept in a directory that must be"):
         default_directory(Stack(Target.parse("ssh://deploy@vps"), "/opt/finaiflow"))
     local = Stack(Target.parse("local://"), "/opt/finaiflow")
     assert default_directory(local) == Path("/opt/finaiflow/backups")

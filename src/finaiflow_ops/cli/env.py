@@ -9,7 +9,7 @@ from rich.table import Table
 
 from finaiflow_ops import envfile
 from finaiflow_ops.cli.options import Options, emit, pass_options
-from finaiflow_ops.errors import CheckFailed, UsageError
+from finaiflow_ops.errors import CheckFailed
 from finaiflow_ops.output import out
 
 
@@ -37,18 +37,18 @@ def env() -> None:
 def env_generate(opts: Options, domain: str, extra_hosts: tuple[str, ...], bind: str, http_port: int,
                  https_port: int, api_image: str, rate_limit: int, project_name: str,
                  prometheus_port: int, force: bool) -> None:
-    """Write a new .env with strong generated secrets (mode 0600); never prints them."""
-    if not opts.target.is_local:
-        raise UsageError("env generate writes a local file",
-                         hint="generate it here, then copy it to the target with scp (mode 0600)")
-    path = Path(opts.env_file or Path(opts.project_dir) / ".env")
-    if force and path.exists():
-        opts.confirm(f"replace {path} (the database and Redis passwords in it are lost)?")
+    """Write a new .env with strong generated secrets (mode 0600), on the target; never prints them."""
+    local = opts.target.is_local
+    path = str(Path(opts.env_file or Path(opts.project_dir) / ".env")) if local else opts.stack.env_path
+    if force and opts.target.exists(path):
+        opts.confirm(f"replace {path} on {opts.target} (the database and Redis passwords in it are lost)?")
     values = envfile.generate(domain=domain, extra_hosts=extra_hosts, bind=bind, http_port=http_port,
                               https_port=https_port, api_image=api_image, rate_limit_rps=rate_limit,
                               project_name=project_name, prometheus_port=prometheus_port)
-    written = envfile.write(path, values, force=force)
-    done = f"wrote {written} (mode 0600, {len(values)} keys; secrets generated, not shown)"
+    written = (envfile.write(Path(path), values, force=force) if local
+               else envfile.write_on(opts.target, path, values, force=force))
+    where = "" if local else f" on {opts.target}"
+    done = f"wrote {written}{where} (mode 0600, {len(values)} keys; secrets generated, not shown)"
     emit(opts, {"path": str(written), "keys": sorted(values)}, lambda _: out.print(done))
 
 
