@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from finaiflow_ops import releases, rollout
+from finaiflow_ops import http, releases, rollout
 from finaiflow_ops.proxy import Proxy, Upstream
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
@@ -112,13 +112,16 @@ def in_flight_at(samples: Sequence[Sample], moment: float, name: str = "/reports
 
 
 @contextmanager
-def traffic(host: str, *, users: int, max_seconds: float) -> Iterator[Callable[[], list[Sample]]]:
+def traffic(host: str, *, users: int, max_seconds: float,
+            servername: str | None = None) -> Iterator[Callable[[], list[Sample]]]:
     """Locust traffic against host while the block runs; yields a function that, once the block
-    has ended, returns every request made (the traffic is stopped when the block exits)."""
+    has ended, returns every request made (the traffic is stopped when the block exits).
+    `servername`: the site's name every request asks for (Host, SNI), when host is an address."""
     out = Path(tempfile.mkstemp(prefix="finaiflow-load-", suffix=".jsonl")[1])
+    named = ["--servername", servername] if servername else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "loadtests.traffic", "--host", host, "--users", str(users),
-         "--max-seconds", str(max_seconds), "--out", str(out)],
+         "--max-seconds", str(max_seconds), "--out", str(out), *named],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )
     collected: list[Sample] = []
@@ -140,9 +143,9 @@ def traffic(host: str, *, users: int, max_seconds: float) -> Iterator[Callable[[
             out.unlink()
 
 
-def current_release(base_url: str) -> str:
+def current_release(base_url: str, servername: str | None = None) -> str:
     try:
-        with httpx.Client(verify=False, timeout=10) as client:
+        with http.client(base_url, servername=servername) as client:
             return str(client.get(f"{base_url}/version").json().get("release", "?"))
     except (httpx.HTTPError, ValueError):
         return "?"
@@ -160,6 +163,7 @@ class Gate:
     other: str
     replicas: int
     settle: float
+    servername: str | None = None  # asked for on base_url (Host, SNI): DOMAIN when it is an address
     marks: list[tuple[str, str, float, float, dict[str, Any]]] = field(default_factory=list)
 
     def run(self, phase: str, kind: str, action: Callable[[], float | None]) -> None:
@@ -172,7 +176,7 @@ class Gate:
         self.marks.append((phase, kind, start, end + self.settle,
                            {"command_seconds": round(end - start, 2),
                             "switch_seconds": round(switch, 2) if switch is not None else None,
-                            "release_after": current_release(self.base_url)}))
+                            "release_after": current_release(self.base_url, self.servername)}))
 
     def update(self, image: str, replicas: int | None = None) -> float:
         result = rollout.deploy(self.stack, self.service, image, replicas=replicas, backup=False,
@@ -209,12 +213,15 @@ def run_gate(args: argparse.Namespace) -> dict[str, Any]:
     other = args.other or (others[0] if others else "")
     if not other:
         raise SystemExit(f"gate: no other release of {original} on {stack.target} to update to (--other)")
-    before = current_release(base_url)
-    gate = Gate(stack, args.service, base_url, original, other, len(running), args.settle)
-    print(f"[gate] {args.users} users on {base_url}; {original} -> {other} and back; rest {args.rest} s",
+    # The api refuses /api/* for an address as Host: the load asks for the site's name, as users do.
+    servername = http.servername_for(base_url, stack.env.get("DOMAIN"))
+    before = current_release(base_url, servername)
+    gate = Gate(stack, args.service, base_url, original, other, len(running), args.settle, servername)
+    on = f"{base_url} (as {servername})" if servername else base_url
+    print(f"[gate] {args.users} users on {on}; {original} -> {other} and back; rest {args.rest} s",
           file=sys.stderr, flush=True)
     budget = args.rest + 900.0  # the traffic stops by itself even if this process dies
-    with traffic(base_url, users=args.users, max_seconds=budget) as requests:
+    with traffic(base_url, users=args.users, max_seconds=budget, servername=servername) as requests:
         rest_start = time.time()
         time.sleep(args.rest)
         gate.marks.append(("rest", "rest", rest_start, time.time(), {"release_after": before}))

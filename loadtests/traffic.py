@@ -1,6 +1,6 @@
 """Locust traffic in a process of its own, every request recorded (gevent stays out of the caller).
 
-    python -m loadtests.traffic --host URL --out FILE [--users 10] [--max-seconds 600]
+    python -m loadtests.traffic --host URL --out FILE [--users 10] [--max-seconds 600] [--servername NAME]
 
 Runs the locustfile's personas as a library (one local runner), prints "ready" on stdout once
 every user runs, and stops on SIGINT or SIGTERM, or by itself after --max-seconds. Then it lets
@@ -11,6 +11,8 @@ test_stop hook) and writes one JSON line per request to FILE:
 
 `start` is wall-clock time (the caller's clock too), `error` is empty for a success. The gate
 (loadtests/gate.py) and the integration tests cut these samples into windows themselves.
+--servername: the site's name (the stack's DOMAIN) every request asks for, as Host and SNI,
+when --host names an address (see the locustfile).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import gevent.event
 import locust
 from locust.env import Environment
 
-from loadtests.locustfile import USER_CLASSES
+from loadtests.locustfile import USER_CLASSES, ask_for
 
 SPAWN_DEADLINE = 30.0
 STOP_TIMEOUT = 10.0
@@ -40,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--servername", default=None, help="the name asked for (Host, SNI) [the host's]")
     args = parser.parse_args(argv)
     if not 0 < args.max_seconds <= 3600 or not 0 < args.users <= 200:
         parser.error("--max-seconds must be in (0, 3600] and --users in (0, 200]")
 
     samples: list[dict[str, Any]] = []
+    ask_for(args.host, args.servername)  # before any user is made: they read it when created
 
     def record(request_type: str, name: str, response_time: float, exception: BaseException | None = None,
                start_time: float | None = None, **_kwargs: Any) -> None:

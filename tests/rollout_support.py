@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 
-import httpx
 import pytest
 from loadtests.gate import Sample, traffic
 
-from finaiflow_ops import envfile, releases, rollout
+from finaiflow_ops import envfile, http, releases, rollout
 from finaiflow_ops.proxy import Proxy
 from finaiflow_ops.stack import ContainerInfo, Stack
 
@@ -135,8 +134,9 @@ def serving(stack: Stack) -> list[ContainerInfo]:
     return [c for c in stack.containers(SERVICE) if c.state == "running"]
 
 
-def version(base_url: str) -> str:
-    with httpx.Client(verify=False, timeout=10) as client:
+def version(base_url: str, servername: str | None = None) -> str:
+    """The release /version reports; `servername` is asked for (Host, SNI) when base_url is an address."""
+    with http.client(base_url, servername=servername) as client:
         return str(client.get(f"{base_url}/version").json()["release"])
 
 

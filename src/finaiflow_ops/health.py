@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from finaiflow_ops import http
 from finaiflow_ops.errors import HealthTimeout
 
 if TYPE_CHECKING:
@@ -35,23 +36,32 @@ class Probe:
         return self.status == 200
 
 
-def probe(url: str, *, timeout: float = 5.0, verify: bool | str = False, host: str | None = None) -> Probe:
-    """GET `url` once. `verify=False` by default: the development certificate is self-signed."""
-    headers = {"Host": host} if host else {}
+def probe(url: str, *, timeout: float = 5.0, verify: bool | str = False, host: str | None = None,
+          domain: str | None = None) -> Probe:
+    """GET `url` once. `verify=False` by default: the development certificate is self-signed.
+
+    `domain` is the stack's DOMAIN: asked for (Host and SNI) when `url` names an address, since
+    the api refuses an address as Host and the certificate is for the name (finaiflow_ops.http).
+    `host` is a name asked for whatever `url` names.
+    """
     start = time.monotonic()
     try:
-        with httpx.Client(verify=verify, timeout=timeout, follow_redirects=False) as client:
-            r = client.get(url, headers=headers)
+        with http.client(url, domain=domain, servername=host, verify=verify, timeout=timeout) as client:
+            r = client.get(url)
         return Probe(url, r.status_code, (time.monotonic() - start) * 1000, body=r.text[:2000])
     except httpx.HTTPError as exc:
         return Probe(url, None, (time.monotonic() - start) * 1000, error=f"{type(exc).__name__}: {exc}")
 
 
-def wait_http(url: str, *, timeout: float = 60.0, interval: float = 0.5, verify: bool | str = False) -> Probe:
-    """Probe `url` until it answers 200, or raise HealthTimeout with the last answer."""
+def wait_http(url: str, *, timeout: float = 60.0, interval: float = 0.5, verify: bool | str = False,
+              domain: str | None = None) -> Probe:
+    """Probe `url` until it answers 200, or raise HealthTimeout with the last answer.
+
+    `domain`: the stack's DOMAIN, asked for when `url` names an address (see probe).
+    """
     deadline = time.monotonic() + timeout
     while True:
-        last = probe(url, timeout=min(5.0, timeout), verify=verify)
+        last = probe(url, timeout=min(5.0, timeout), verify=verify, domain=domain)
         if last.ok:
             return last
         if time.monotonic() >= deadline:

@@ -297,7 +297,7 @@ def check(
     monitoring = functools.cache(lambda: status(stack, scraped_within=15))
     checks: list[tuple[str, Callable[[], tuple[Status, str]]]] = [
         ("services", lambda: _services(stack)),
-        ("health", lambda: _health(base())),
+        ("health", lambda: _health(base(), stack.env.get("DOMAIN"))),
         ("metrics", lambda: _metrics(prometheus())),
         ("targets", lambda: _targets(monitoring())),
         ("rules", lambda: _rules(monitoring())),
@@ -340,8 +340,9 @@ def _services(stack: Stack) -> tuple[Status, str]:
     return "ok", f"{len(st.services)} services, {running} containers running and healthy"
 
 
-def _health(base: str) -> tuple[Status, str]:
-    answer = health.probe(f"{base}/health", timeout=10)
+def _health(base: str, domain: str | None) -> tuple[Status, str]:
+    # Through nginx as a client of the site: DOMAIN as Host and SNI when the URL is an address.
+    answer = health.probe(f"{base}/health", timeout=10, domain=domain)
     if answer.status is None:
         return "fail", f"{answer.url}: {answer.error}"
     try:

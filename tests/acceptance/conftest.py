@@ -16,6 +16,7 @@ import httpx
 import pytest
 from pytest_bdd import given, parsers, then, when
 
+from finaiflow_ops import http
 from finaiflow_ops.stack import Stack
 
 
@@ -30,6 +31,19 @@ class Staging:
     def name(self) -> str:
         return str(self.stack.target)
 
+    @property
+    def servername(self) -> str:
+        """The site's name every request asks for: the stack's DOMAIN when --base-url names an
+        address (the api refuses an address as Host, the certificate is for the name), else the
+        URL's own host name."""
+        asked = http.servername_for(self.base_url, self.stack.env.get("DOMAIN"))
+        return asked or urlsplit(self.base_url).hostname or ""
+
+    def client(self, *, timeout: float = 10.0) -> httpx.Client:
+        """An HTTP client that connects to base_url and asks for `servername` (Host and SNI).
+        Not verified: the certificate is the SSL item's business, not every request's."""
+        return http.client(self.base_url, servername=self.servername, verify=False, timeout=timeout)
+
 
 @given("the staging target", target_fixture="staging")
 def the_staging_target(stack: Stack, base_url: str) -> Staging:
@@ -38,18 +52,18 @@ def the_staging_target(stack: Stack, base_url: str) -> Staging:
 
 @when(parsers.parse('I request "{path}" over HTTPS'), target_fixture="response")
 def request_https(staging: Staging, path: str) -> httpx.Response:
-    with httpx.Client(verify=False, timeout=10) as client:
+    with staging.client() as client:
         return client.get(f"{staging.base_url}{path}")
 
 
 @when(parsers.parse('I request "{path}" over plain HTTP'), target_fixture="response")
 def request_http(staging: Staging, path: str) -> httpx.Response:
-    https = urlsplit(staging.base_url)
     http_url = next((u for u in staging.stack.status().urls
                      if u.startswith("http://") and ":9090" not in u), None)
     assert http_url, f"{staging.name}: nginx publishes no plain HTTP port"
-    with httpx.Client(timeout=10) as client:
-        return client.get(f"{http_url.rstrip('/')}{path}", headers={"Host": https.hostname or ""})
+    # Asking for the site's name, as a browser sent to http://DOMAIN would: the redirect goes there.
+    with http.client(http_url, servername=staging.servername) as client:
+        return client.get(f"{http_url.rstrip('/')}{path}")
 
 
 @then(parsers.parse("the answer is {status:d}"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import httpx
 from pytest_bdd import parsers, scenarios, then, when
 
 from tests.acceptance.conftest import Staging
@@ -34,7 +33,7 @@ def index_exists(staging: Staging, index: str, table: str) -> None:
 @when("I create a tenant through the api", target_fixture="tenant")
 def create_tenant(staging: Staging) -> dict[str, Any]:
     body = {"name": "checklist", "domain": f"checklist-{uuid.uuid4().hex[:10]}.example.com"}
-    with httpx.Client(verify=False, timeout=10) as client:
+    with staging.client() as client:
         r = client.post(f"{staging.base_url}/api/v1/tenants", json=body)
     assert r.status_code == 201, f"{staging.name}: creating a tenant answered {r.status_code}: {r.text[:200]}"
     created: dict[str, Any] = r.json()
@@ -43,7 +42,7 @@ def create_tenant(staging: Staging) -> dict[str, Any]:
 
 @then("I can read it back through the api")
 def read_tenant(staging: Staging, tenant: dict[str, Any]) -> None:
-    with httpx.Client(verify=False, timeout=10) as client:
+    with staging.client() as client:
         r = client.get(f"{staging.base_url}/api/v1/tenants/{tenant['id']}")
     assert r.status_code == 200 and r.json()["domain"] == tenant["domain"], (
         f"{staging.name}: reading tenant {tenant['id']} answered {r.status_code}: {r.text[:200]}"
@@ -52,6 +51,6 @@ def read_tenant(staging: Staging, tenant: dict[str, Any]) -> None:
 
 @then("I can delete it through the api")
 def delete_tenant(staging: Staging, tenant: dict[str, Any]) -> None:
-    with httpx.Client(verify=False, timeout=10) as client:
+    with staging.client() as client:
         r = client.delete(f"{staging.base_url}/api/v1/tenants/{tenant['id']}")
     assert r.status_code == 204, f"{staging.name}: deleting tenant {tenant['id']} answered {r.status_code}"

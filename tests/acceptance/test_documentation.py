@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import click
-import httpx
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from finaiflow_ops.cli import cli
@@ -66,7 +65,7 @@ def commands_answer_help(staging: Staging, runbook_commands: list[str]) -> None:
 
 @when("I ask the api which release it runs", target_fixture="release")
 def deployed_release(staging: Staging) -> str:
-    with httpx.Client(verify=False, timeout=10) as client:
+    with staging.client() as client:
         r = client.get(f"{staging.base_url}/version")
     assert r.status_code == 200, f"{staging.name}: /version answered {r.status_code}"
     release: str = r.json()["release"]

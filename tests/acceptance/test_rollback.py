@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from finaiflow_ops import releases, rollout
+from finaiflow_ops import http, releases, rollout
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.releases import Release
 from finaiflow_ops.rollout import DeployFailed, DeployResult, _previous_other
@@ -51,7 +51,8 @@ class Drill:
 @pytest.fixture
 def drill(request: pytest.FixtureRequest, stack: Stack, base_url: str) -> Iterator[Drill]:
     with put_back_afterwards(request, stack) as running:
-        found = Drill(running[0].image, len(running), version(base_url))
+        found = Drill(running[0].image, len(running),
+                      version(base_url, http.servername_for(base_url, stack.env.get("DOMAIN"))))
         with found.exits:  # the traffic stops before the api is put back
             yield found
 
@@ -86,7 +87,8 @@ def rollback_image_present(staging: Staging, rollback_target: Release | None) ->
 
 @given("steady traffic through nginx")
 def steady_traffic(staging: Staging, drill: Drill) -> None:
-    drill.requests = drill.exits.enter_context(traffic(staging.base_url, users=4, max_seconds=300))
+    drill.requests = drill.exits.enter_context(
+        traffic(staging.base_url, users=4, max_seconds=300, servername=staging.servername))
 
 
 @when("the api is updated to another release")
@@ -113,7 +115,7 @@ def deploy_broken(staging: Staging, drill: Drill) -> None:
 
 @then("the api serves the release it served before")
 def serves_before(staging: Staging, drill: Drill) -> None:
-    seen = version(staging.base_url)
+    seen = version(staging.base_url, staging.servername)
     assert seen == drill.version, f"{staging.name}: /version says {seen}, expected {drill.version}"
 
 

@@ -9,7 +9,6 @@ the nginx entrypoint's self-signed placeholder fails this item, as it should.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from urllib.parse import urlsplit
 
@@ -24,18 +23,9 @@ scenarios("ssl.feature")
 CA_FILE_ENV = "FINAIFLOW_TLS_CA_FILE"
 
 
-def _servername(staging: Staging) -> str:
-    host = urlsplit(staging.base_url).hostname or ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return (tls.configured_domains(staging.stack.env) or ("localhost",))[0]
-
-
 def _served(staging: Staging) -> x509.Certificate:
     url = urlsplit(staging.base_url)
-    return tls.served_certificate(url.hostname or "", url.port or 443, servername=_servername(staging))
+    return tls.served_certificate(url.hostname or "", url.port or 443, servername=staging.servername)
 
 
 @given("the certificate authority its clients trust", target_fixture="trusted_ca")
@@ -53,7 +43,7 @@ def trusted_ca(staging: Staging) -> str | None:
 def check_endpoint(staging: Staging, trusted_ca: str | None) -> tls.EndpointReport:
     return tls.check_endpoint(
         f"{staging.base_url}/health",
-        servername=_servername(staging),
+        servername=staging.servername,
         ca_file=trusted_ca,
         installed_fingerprint=tls.read_installed(staging.stack).fingerprint,
         http_url=tls.published_url(staging.stack, "http"),

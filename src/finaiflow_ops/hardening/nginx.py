@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from finaiflow_ops import http
 from finaiflow_ops.hardening.base import (
     Context,
     Manual,
@@ -81,10 +82,12 @@ def missing_headers(headers: dict[str, str]) -> list[str]:
     return missing
 
 
-def _fetch(base_url: str) -> tuple[Response, ...]:
+def _fetch(base_url: str, domain: str | None = None) -> tuple[Response, ...]:
     probe = f"/finaiflow-harden-{secrets.token_hex(4)}"  # nothing serves it: a real 404
     found = []
-    with httpx.Client(verify=False, timeout=10, follow_redirects=False) as client:  # noqa: S501 - headers, not trust
+    # Headers, not trust: not verified. DOMAIN is asked for when the URL is an address, so these
+    # are the responses of the site itself (finaiflow_ops.http).
+    with http.client(base_url, domain=domain, verify=False, timeout=10) as client:
         for path in ("/", probe):
             r = client.get(base_url + path)
             found.append(Response(path, r.status_code, {k.lower(): v for k, v in r.headers.items()}))
@@ -102,7 +105,7 @@ class _NginxRule(Rule[NginxState]):
             return NginxState(config, ())
         base = stack.base_url()
         try:
-            return NginxState(config, _fetch(base))
+            return NginxState(config, _fetch(base, stack.env.get("DOMAIN")))
         except httpx.HTTPError as exc:
             raise NotApplicable(f"cannot reach {base} from here ({type(exc).__name__})") from exc
 

@@ -192,7 +192,8 @@ def _revisions(swarm: Swarm, service: str, image: str, say: Progress) -> dict[st
 def _serving(swarm: Swarm, service: str, timeout: float) -> None:
     """Our gate after the engine's: every task on the new image, and /health answering via nginx."""
     swarm.wait_converged([service], timeout=timeout)
-    health.wait_http(f"{swarm.stack.base_url()}/health", timeout=min(timeout, 60))
+    health.wait_http(f"{swarm.stack.base_url()}/health", timeout=min(timeout, 60),
+                     domain=swarm.stack.env.get("DOMAIN"))
 
 
 def _roll(
@@ -283,6 +284,7 @@ def _roll(
         drain_seconds=0.0,
         total_seconds=round(total, 2),
         phases=tuple(phases),
+        ssh_connections=stack.target.ssh_connections,
     )
 
 

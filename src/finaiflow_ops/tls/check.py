@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography import x509
 
+from finaiflow_ops import http
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.tls.certs import CertificateInfo, covers, describe
 
@@ -178,21 +179,22 @@ def _trust_finding(host: str, port: int, servername: str, ca_file: str | None, t
 def _http_findings(url: str, servername: str, http_url: str, min_hsts: int, timeout: float) -> list[Finding]:
     parts = urlsplit(url)
     base = f"{parts.scheme}://{parts.netloc}"
-    headers = {"Host": servername}
     found = []
-    # The certificate was verified above; these requests read headers, over the same SNI name.
-    with httpx.Client(verify=False, timeout=timeout, follow_redirects=False) as client:  # noqa: S501
+    # The certificate was verified above; these requests read headers, asking for the same name
+    # (Host and SNI) on the URL's host (finaiflow_ops.http).
+    with http.client(url, servername=servername, verify=False, timeout=timeout) as client:
         page = parts.path or "/"
         for label, path in ((f"HSTS on {page}", page), ("HSTS on an error page", _MISSING_PATH)):
             try:
-                r = client.get(base + path, headers=headers, extensions={"sni_hostname": servername})
+                r = client.get(base + path)
             except httpx.HTTPError as exc:
                 found.append(Finding(label, False, f"request failed: {exc}"))
                 continue
             found.append(_hsts_finding(label, r.status_code, r.headers.get("strict-transport-security"),
                                        min_hsts))
         try:
-            r = client.get(http_url.rstrip("/") + "/", headers=headers)
+            # Explicit: the plain-HTTP URL may be published on another address than the HTTPS one.
+            r = client.get(http_url.rstrip("/") + "/", headers={"Host": servername})
             location = r.headers.get("location", "")
             ok = r.status_code in (301, 302, 307, 308) and location.startswith("https://")
             seen = f"{http_url} answered {r.status_code}" + (f" -> {location}" if location else "")
