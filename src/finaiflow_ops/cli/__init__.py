@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from finaiflow_ops.cli import backup, deploy, env, harden, monitor, stack, tls
+from finaiflow_ops.cli import backup, deploy, env, harden, host, monitor, stack, tls
 from finaiflow_ops.cli.options import Options, last_step, record_invocation
 from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable
 from finaiflow_ops.output import err
@@ -56,7 +56,8 @@ def cli(ctx: click.Context, target_url: str, project_dir: str, env_file: str | N
 
 # One module per command group; each registers its groups here.
 for _group in (stack.stack, env.env, tls.tls_group, deploy.deploy, deploy.rollback, deploy.releases,
-               deploy.lock, monitor.check, monitor.logs, harden.harden, backup.backup, backup.restore):
+               deploy.lock, monitor.check, monitor.logs, harden.harden, backup.backup, backup.restore,
+               host.host_group, host.image_group):
     cli.add_command(_group)
 
 
