@@ -1,0 +1,236 @@
+"""The operator's whole flow against a VPS that is really remote (tests/remote_support.py: its own
+Docker engine, sshd and filesystem at 127.0.0.2), through the CLI as an operator types it, with
+the host named by an alias of the test's own ssh config (Port 2222, not 22).
+
+The tests run in order and build on each other, as an operator's session does: host setup, image
+push, env generate, `stack up --staging`, deploys and rollbacks under load, backup, full restore
+and undo, drill, check, the checklist and the load gate, then the faults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loadtests.gate import traffic
+
+from finaiflow_ops.stack import Stack
+from finaiflow_ops.target import Target
+from tests.remote_support import RemoteVps, remote_vps
+from tests.swarm_support import IMAGES, REPO
+
+PROJECT = "/opt/finaiflow"
+RELEASES = ("finaiflow/api:1.0.0", "finaiflow/api:1.1.0")
+DOMAIN = "staging.finaiflow.test"
+TIMES: dict[str, list[dict[str, float]]] = {}
+
+
+@pytest.fixture(scope="module")
+def vps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteVps]:
+    with remote_vps(tmp_path_factory.mktemp("remote-vps")) as host:
+        yield host
+
+
+def ops(vps: RemoteVps, *args: str, timeout: float = 600, env: Mapping[str, str] | None = None,
+        target: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`finaiflow-ops --target VPS --project-dir /opt/finaiflow ARGS`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "finaiflow_ops.cli", "--target", target or vps.url, "--project-dir", PROJECT,
+         *args], capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})})
+
+
+def last_line(done: subprocess.CompletedProcess[str]) -> str:
+    return (done.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    return done
+
+
+def remote_stack(vps: RemoteVps) -> Stack:
+    return Stack(Target.parse(vps.url), PROJECT)
+
+
+# -- setting the host up -----------------------------------------------------------------------------
+
+def test_host_setup_installs_compose_and_finaiflow_ops_on_the_host(vps: RemoteVps) -> None:
+    assert vps.ssh("docker", "compose", "version").returncode != 0, "the fresh VPS has compose v2 already"
+    ok(ops(vps, "--yes", "host", "setup", timeout=900))
+    assert vps.ssh("docker", "compose", "version").returncode == 0
+    installed = vps.ssh("finaiflow-ops", "--version")
+    assert installed.returncode == 0 and "finaiflow-ops" in installed.stdout, installed.stderr
+    assert vps.ssh("test", "-d", PROJECT).returncode == 0
+    again = ok(ops(vps, "--json", "--yes", "host", "setup", timeout=600))
+    assert json.loads(again.stdout)["changes"] == [], again.stdout
+
+
+def test_image_push_sends_what_the_host_lacks_and_skips_the_rest(vps: RemoteVps) -> None:
+    first = ok(ops(vps, "--json", "image", "push", *IMAGES, timeout=900))
+    pushed = json.loads(first.stdout)
+    sent = {i["image"] for i in pushed["images"] if i["action"] != "skipped"}
+    assert sent == set(IMAGES), pushed
+    again = json.loads(ok(ops(vps, "--json", "image", "push", *IMAGES)).stdout)
+    assert {i["action"] for i in again["images"]} == {"skipped"}, again
+
+
+def test_a_missing_local_image_is_refused_naming_it(vps: RemoteVps) -> None:
+    done = ops(vps, "image", "push", "finaiflow/api:0.0.0-missing")
+    assert done.returncode == 2 and "finaiflow/api:0.0.0-missing" in last_line(done), done.stderr
+
+
+def test_env_generate_writes_the_env_on_the_host_mode_0600(vps: RemoteVps) -> None:
+    compose = (REPO / "stack" / "compose.yaml").read_text()
+    assert vps.ssh("sh", "-c", f"cat >{PROJECT}/compose.yaml", input=compose).returncode == 0
+    ok(ops(vps, "env", "generate", "--domain", DOMAIN, "--bind", "0.0.0.0",  # noqa: S104 - the VPS publishes it at its own address
+           "--rate-limit", "2000"))
+    mode = vps.ssh("stat", "-c", "%a", f"{PROJECT}/.env")
+    assert mode.stdout.strip() == "600", mode
+    assert not Path(PROJECT, ".env").exists(), "the .env landed on this machine"
+    again = ops(vps, "env", "generate")
+    assert again.returncode == 2 and "already exists" in last_line(again), again.stderr
+
+
+def test_stack_up_staging_brings_the_stack_up_on_the_host(vps: RemoteVps) -> None:
+    ok(ops(vps, "stack", "up", "--staging", timeout=900))
+    status = json.loads(ok(ops(vps, "--json", "stack", "status")).stdout)
+    assert all(c["health"] in ("healthy", "none") for s in status["services"] for c in s["containers"])
+    assert any(url.startswith(f"https://{vps.address}") for url in status["urls"]), status["urls"]
+    listing = json.loads(ok(ops(vps, "--json", "backup", "list")).stdout)
+    assert listing["newest_verified"] and listing["directory"].startswith(PROJECT), listing
+    assert "backup create" in vps.ssh("crontab", "-l").stdout
+
+
+# -- deploys and rollbacks under load ------------------------------------------------------------------
+
+def _timed(vps: RemoteVps, kind: str, *args: str, on_host: bool = False) -> dict[str, Any]:
+    """A deploy or rollback with --json, over SSH from here, or (on_host) by the host's own
+    finaiflow-ops on a local target: the same deploy without the network in between."""
+    if on_host:
+        done = ok(vps.ssh("finaiflow-ops", "--project-dir", PROJECT, "--json", *args, timeout=600))
+    else:
+        done = ok(ops(vps, "--json", *args, timeout=600))
+    result: dict[str, Any] = json.loads(done.stdout)
+    TIMES.setdefault(f"{kind} {'on the host' if on_host else 'over ssh'}", []).append(
+        {"switch": result["switch_seconds"], "total": result["total_seconds"],
+         "ssh_connections": result["ssh_connections"]})
+    return result
+
+
+def test_deploys_and_rollbacks_under_load_drop_no_request_over_one_connection(vps: RemoteVps) -> None:
+    with traffic(f"https://{vps.address}", users=8, max_seconds=600, servername=DOMAIN) as samples:
+        time.sleep(3)
+        for on_host in (False, True, False):
+            deployed = _timed(vps, "deploy", "deploy", "api", "--image", RELEASES[1], "--no-backup",
+                              on_host=on_host)
+            rolled = _timed(vps, "rollback", "rollback", "api", on_host=on_host)
+            assert deployed["ssh_connections"] == rolled["ssh_connections"] == (0 if on_host else 1)
+            assert rolled["total_seconds"] < 10, rolled["total_seconds"]
+        time.sleep(2)
+    done = samples()
+    failed = [s for s in done if s.error]
+    assert len(done) > 200 and not failed, f"{len(failed)} of {len(done)} failed: {failed[:3]}"
+    report = {"requests": len(done), "failed": len(failed), "runs": TIMES}
+    out = REPO / "reports" / "remote-deploy.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nremote VPS, deploy and rollback (s): {json.dumps(TIMES)}; {len(done)} requests, 0 failed")
+
+
+# -- backups -----------------------------------------------------------------------------------------------
+
+def test_backup_restore_undo_and_drill_on_the_host(vps: RemoteVps) -> None:
+    made = json.loads(ok(ops(vps, "--json", "backup", "create")).stdout)
+    assert made["path"].startswith(f"{PROJECT}/backups/"), made["path"]
+    assert vps.ssh("test", "-s", made["path"]).returncode == 0
+    restored = json.loads(ok(ops(vps, "--json", "--yes", "restore", made["path"])).stdout)
+    assert restored["tables"] and restored["previous"], restored
+    ok(ops(vps, "--yes", "restore", "undo"))
+    drill = json.loads(ok(ops(vps, "--json", "restore", "drill")).stdout)
+    assert drill["tables"] == made["manifest"]["tables"], drill
+
+
+def test_check_passes_on_the_remote_stack(vps: RemoteVps) -> None:
+    done = ops(vps, "check", timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_the_checklist_and_the_load_gate_pass_against_the_remote_staging(vps: RemoteVps) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "acceptance"),
+         "--target", vps.url, "--project-dir", PROJECT, "--base-url", f"https://{vps.address}",
+         "--allow-destructive", "--run-load"],
+        capture_output=True, text=True, timeout=1200, check=False, cwd=REPO)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert " failed" not in summary and "passed" in summary, summary
+    verdict = json.loads(remote_stack(vps).target.read_text(f"{PROJECT}/.finaiflow/loadgate.json"))
+    assert verdict["passed"], verdict["problems"]
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+
+def test_a_connection_killed_mid_deploy_is_exit_3_and_the_next_command_repairs(vps: RemoteVps) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finaiflow_ops.cli", "--target", vps.url, "--project-dir", PROJECT,
+         "deploy", "api", "--image", RELEASES[1], "--no-backup"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        # Once the new containers start, cut every ssh session the VPS serves (as a network loss would).
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 120
+        seen = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if not line or "starting" in line or "waiting" in line:
+                break
+        vps.docker_exec("pkill", "-KILL", "-f", "sshd: root")
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    stderr = "".join(seen) + rest
+    print(f"\nthe deploy cut short said: {stderr.strip()[-800:]}")
+    assert proc.returncode == 3, f"exit {proc.returncode}: {stderr[-2000:]}"
+    last = stderr.strip().splitlines()[-1]
+    assert vps.url in last or "vps" in last, last
+    # The next command finds what was left and repairs it before doing its own work.
+    status = json.loads(ok(ops(vps, "--json", "stack", "status")).stdout)
+    assert status["services"]
+    rolled = json.loads(ok(ops(vps, "--json", "deploy", "api", "--image", RELEASES[0], "--no-backup",
+                               timeout=600)).stdout)
+    assert rolled["release"]["image"] == RELEASES[0]
+
+
+def test_a_wrong_key_is_a_one_line_error_exit_3(vps: RemoteVps, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    config = tmp_path / "ssh_config"  # the test's config, with a key the VPS does not know
+    config.write_text(vps.ssh_config.read_text().replace(str(vps.key), str(other)))
+    done = ops(vps, "stack", "status", target=f"ssh://vps?ssh_config={config}", env={"SSH_AUTH_SOCK": ""})
+    assert done.returncode == 3 and "Permission denied" in last_line(done), done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
+
+
+def test_a_changed_host_key_is_refused_exit_3(vps: RemoteVps, tmp_path: Path) -> None:
+    saved = vps.known_hosts.read_text()
+    fake = tmp_path / "fake_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fake)], check=True)
+    kind, key = Path(f"{fake}.pub").read_text().split()[:2]
+    try:  # known_hosts says the VPS has another key: a man in the middle, as far as ssh can tell
+        vps.known_hosts.write_text(f"[{vps.address}]:{vps.ssh_port} {kind} {key}\n")
+        done = ops(vps, "stack", "status")
+        assert done.returncode == 3 and "host key" in last_line(done).lower(), done.stderr
+    finally:
+        vps.known_hosts.write_text(saved)
