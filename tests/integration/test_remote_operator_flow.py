@@ -204,7 +204,7 @@ def test_a_connection_killed_mid_deploy_is_exit_3_and_the_next_command_repairs(v
     print(f"\nthe deploy cut short said: {stderr.strip()[-800:]}")
     assert proc.returncode == 3, f"exit {proc.returncode}: {stderr[-2000:]}"
     last = stderr.strip().splitlines()[-1]
-    assert vps.url in last or "vps" in last, last
+    assert vps.url in last and "was lost" in last and "last step reached: " in last, last
     # The next command finds what was left and repairs it before doing its own work.
     status = json.loads(ok(ops(vps, "--json", "stack", "status")).stdout)
     assert status["services"]

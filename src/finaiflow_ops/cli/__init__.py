@@ -31,9 +31,8 @@ class _Cli(click.Group):
             where = ctx.obj.target_url if isinstance(ctx.obj, Options) else "the target"
             lost = isinstance(ctx.obj, Options) and ctx.obj.target.kind == "ssh" and ctx.obj.target.ssh_lost
             what = "was lost" if lost else f"broke in the middle of the command ({type(exc).__name__})"
-            step = f" during: {last_step()}" if last_step() else ""
             raise TargetUnreachable(
-                f"the connection to {where} {what}{step}",
+                f"the connection to {where} {what}",
                 hint="run `finaiflow-ops check`, then the command again: it picks up what was left") from None
 
 
@@ -77,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     except OpsError as exc:
         if isinstance(exc, CommandFailed) and exc.output_tail:
             err.print(exc.output_tail, markup=False)
+        if isinstance(exc, TargetUnreachable) and last_step():
+            # Cut short on the way: say how far it got (the next command picks up from there).
+            exc = TargetUnreachable(f"{exc.message} (last step reached: {last_step()})", hint=exc.hint)
         err.print(f"error: {exc.one_line()}", markup=False)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
