@@ -164,6 +164,20 @@ def test_check_passes_on_the_remote_stack(vps: RemoteVps) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
 
 
+def test_releases_lock_logs_and_harden_audit_work_over_ssh(vps: RemoteVps) -> None:
+    history = json.loads(ok(ops(vps, "--json", "releases", "api")).stdout)
+    assert len(history["releases"]) >= 2, history
+    lock = json.loads(ok(ops(vps, "--json", "lock", "status")).stdout)
+    assert lock["lock"] is None, lock
+    logs = ok(ops(vps, "logs", "api", "--since", "10m"))
+    secret = vps.ssh("sh", "-c", f"grep ^POSTGRES_PASSWORD= {PROJECT}/.env | cut -d= -f2-").stdout.strip()
+    assert logs.stdout.strip() and secret and secret not in logs.stdout + logs.stderr
+    audit = ops(vps, "--json", "harden", "audit", timeout=300)
+    assert audit.returncode in (0, 1), audit.stderr[-1500:]  # 1: high-severity rules fail (not hardened)
+    report = json.loads(audit.stdout)
+    assert report["findings"] and all(f["status"] != "error" for f in report["findings"]), report
+
+
 def test_the_checklist_and_the_load_gate_pass_against_the_remote_staging(vps: RemoteVps) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "acceptance"),
