@@ -191,6 +191,51 @@ def test_the_checklist_and_the_load_gate_pass_against_the_remote_staging(vps: Re
     assert verdict["passed"], verdict["problems"]
 
 
+# -- TLS from an ACME server ------------------------------------------------------------------------
+
+PEBBLE = """set -eu
+command -v pebble >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \\
+  apt-get install -y -qq --no-install-recommends pebble >/dev/null; }
+cd /root/pebble
+printf '%s' '{"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+ "certificate": "/root/pebble/cert.pem", "privateKey": "/root/pebble/key.pem", "httpPort": 80,
+ "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": false}}' >pebble.json
+setsid nohup pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" -dns01 127.0.0.1:8053 -http01 "" \\
+  -https01 "" -tlsalpn01 "" -management 127.0.0.1:8055 >challtestsrv.log 2>&1 </dev/null &
+PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \\
+  setsid nohup pebble -config pebble.json -dnsserver 127.0.0.1:8053 >pebble.log 2>&1 </dev/null &
+for _ in $(seq 1 150); do
+  curl -sf --cacert listener-ca.pem https://127.0.0.1:14000/dir >/dev/null && break; sleep 0.2
+done
+curl -sf --cacert listener-ca.pem https://127.0.0.1:15000/roots/0 >root.pem
+"""
+
+
+def test_tls_issue_runs_certbot_on_the_host_and_nginx_serves_the_certificate(vps: RemoteVps) -> None:
+    """pebble (Let's Encrypt's test server) on the VPS itself, validating through the stack's nginx
+    there; certbot is the one `host setup` installed beside finaiflow-ops."""
+    import trustme
+
+    listener = trustme.CA()
+    cert = listener.issue_cert("127.0.0.1")
+    files = {"cert.pem": cert.cert_chain_pems[0].bytes(), "key.pem": cert.private_key_pem.bytes(),
+             "listener-ca.pem": listener.cert_pem.bytes()}
+    assert vps.ssh("mkdir", "-p", "/root/pebble").returncode == 0
+    for name, data in files.items():
+        assert vps.ssh("sh", "-c", f"cat >/root/pebble/{name}", input=data.decode()).returncode == 0
+    started = vps.ssh("sh", "-c", PEBBLE, timeout=300)
+    assert started.returncode == 0, started.stderr + vps.ssh("cat", "/root/pebble/pebble.log").stdout
+    try:
+        done = ok(ops(vps, "--json", "tls", "issue", "--server", "https://127.0.0.1:14000/dir",
+                      "--ca-bundle", "/root/pebble/listener-ca.pem", "--ca-file", "/root/pebble/root.pem",
+                      "--email", "ops@finaiflow.test", timeout=300))
+        issued = json.loads(done.stdout)
+        assert issued["method"] == "webroot" and issued["installed"], issued
+        assert issued["certificate"]["issuer"].startswith("CN=Pebble Intermediate CA"), issued
+    finally:
+        vps.ssh("pkill", "-f", "pebble")
+
+
 # -- faults ------------------------------------------------------------------------------------------------
 
 def test_a_connection_killed_mid_deploy_is_exit_3_and_the_next_command_repairs(vps: RemoteVps) -> None:

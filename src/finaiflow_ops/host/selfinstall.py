@@ -79,7 +79,7 @@ root=$1 release=$1/releases/$2 incoming=$1/incoming
 rm -rf "$release"
 python3 -m venv "$release"
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$release/bin/pip" install -q --no-index --find-links "$incoming" \\
-  "$incoming/$3"
+  "$incoming/$3[acme]"
 "$release/bin/finaiflow-ops" --version >/dev/null
 ln -sfn "releases/$2" "$root/venv.new" && mv -T "$root/venv.new" "$root/venv"
 ln -sfn "$root/venv/bin/finaiflow-ops" "$4"
@@ -249,7 +249,7 @@ def wheelhouse(wheel: Path, facts: PythonFacts, *, where: str = "the host",
                progress: Progress | None = None) -> Path:
     """The wheels of `wheel`'s dependencies for the host's Python (downloaded once, then cached)."""
     args = pip_target_args(facts, where=where)
-    key = hashlib.sha256(json.dumps([_requirements(wheel), args]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([_requirements(wheel), args, "acme"]).encode()).hexdigest()[:16]
     house = cache_dir() / "wheelhouse" / key
     if (house / ".complete").exists():
         return house
@@ -258,7 +258,8 @@ def wheelhouse(wheel: Path, facts: PythonFacts, *, where: str = "the host",
     house.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=house.parent))
     try:
-        _pip("download", "-q", "--only-binary=:all:", "-d", str(partial), *args, str(wheel),
+        # [acme]: certbot beside it, for `tls issue|renew` on the host.
+        _pip("download", "-q", "--only-binary=:all:", "-d", str(partial), *args, f"{wheel}[acme]",
              what=f"downloading finaiflow-ops's dependencies for Python {facts.version} ({facts.machine})")
         (partial / wheel.name).unlink(missing_ok=True)  # pip saves the wheel itself beside them
         (partial / ".complete").touch()

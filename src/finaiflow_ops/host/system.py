@@ -84,24 +84,18 @@ class SystemFacts:
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
+# A fact that was missing before setup.sh ran and is there after: what the run did ({} its value).
+_CHANGES = (
+    ("docker_installed", "installed the Docker engine {}"), ("docker_running", "started the Docker engine"),
+    ("compose", "installed compose v2 {}"), ("cron_installed", "installed cron"), ("cron_running", "started cron"),
+    ("age", "installed age {}"), ("python_venv", "installed python3-venv"),
+)
+
+
 def changes(before: SystemFacts, after: SystemFacts) -> list[str]:
     """What a run of setup.sh changed, from the facts before and after it."""
-    done = []
-    if not before.docker_installed and after.docker_installed:
-        done.append(f"installed the Docker engine {after.docker_installed}")
-    if not before.docker_running and after.docker_running:
-        done.append("started the Docker engine")
-    if not before.compose and after.compose:
-        done.append(f"installed compose v2 {after.compose}")
-    if not before.cron_installed and after.cron_installed:
-        done.append("installed cron")
-    if not before.cron_running and after.cron_running:
-        done.append("started cron")
-    if not before.age and after.age:
-        done.append(f"installed age {after.age}")
-    if not before.python_venv and after.python_venv:
-        done.append("installed python3-venv")
-    return done
+    return [what.format(getattr(after, fact)) for fact, what in _CHANGES
+            if not getattr(before, fact) and getattr(after, fact)]
 
 
 def read_facts(target: Target, who: Login) -> SystemFacts:

@@ -267,9 +267,13 @@ def _certbot(stack: Stack, options: AcmeOptions, *args: str) -> None:
 
 
 def default_executable(stack: Stack, name: str) -> str:
-    """For a local target, the one installed beside this Python (our venv), else PATH's."""
+    """The one installed beside finaiflow-ops: beside this Python for a local target, in the
+    virtualenv `host setup` made on a remote one (finaiflow-ops[acme]); else PATH's."""
     if not stack.target.is_local:
-        return name
+        from finaiflow_ops.host.selfinstall import INSTALL_ROOT
+
+        beside_ops = f"{INSTALL_ROOT}/venv/bin/{name}"
+        return beside_ops if stack.target.run("test", "-x", beside_ops, check=False).ok else name
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else shutil.which(name) or name
 
