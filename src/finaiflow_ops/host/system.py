@@ -87,8 +87,8 @@ class SystemFacts:
 # A fact that was missing before setup.sh ran and is there after: what the run did ({} its value).
 _CHANGES = (
     ("docker_installed", "installed the Docker engine {}"), ("docker_running", "started the Docker engine"),
-    ("compose", "installed compose v2 {}"), ("cron_installed", "installed cron"), ("cron_running", "started cron"),
-    ("age", "installed age {}"), ("python_venv", "installed python3-venv"),
+    ("compose", "installed compose v2 {}"), ("cron_installed", "installed cron"),
+    ("cron_running", "started cron"), ("age", "installed age {}"), ("python_venv", "installed python3-venv"),
 )
 
 
