@@ -5,17 +5,44 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 import httpx
 
 from finaiflow_ops import http
 from finaiflow_ops.errors import HealthTimeout
 
-if TYPE_CHECKING:
-    from finaiflow_ops.stack import ContainerInfo, Stack
+__all__ = ["Container", "HasContainers", "Probe", "probe", "wait_healthy", "wait_http"]
 
-__all__ = ["Probe", "probe", "wait_healthy", "wait_http"]
+
+class Container(Protocol):
+    """What a health wait reads of a container (stack.ContainerInfo is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def health(self) -> str: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def ready(self) -> bool: ...
+
+
+C = TypeVar("C", bound=Container, covariant=True)
+
+
+class HasContainers(Protocol[C]):
+    """Something with services and their containers, and their logs (a Stack)."""
+
+    def services(self) -> list[str]: ...
+    def containers(self) -> Sequence[C]: ...
+    def logs(self, container_id: str, *, tail: int = 30) -> str: ...
 
 Progress = Callable[[str], None]
 _CRASH_LOOP_RESTARTS = 2
@@ -71,13 +98,13 @@ def wait_http(url: str, *, timeout: float = 60.0, interval: float = 0.5, verify:
 
 
 def wait_healthy(
-    stack: Stack,
+    stack: HasContainers[C],
     *,
     services: Sequence[str] | None = None,
     timeout: float = 180.0,
     interval: float = 1.0,
     progress: Progress | None = None,
-) -> list[ContainerInfo]:
+) -> list[C]:
     """Wait until every container of `services` (default: all) runs and is healthy.
 
     Fails early, with the container's last log lines, when one exits or restarts in a loop.
@@ -106,7 +133,7 @@ def wait_healthy(
         time.sleep(interval)
 
 
-def _fail_if_crashed(stack: Stack, c: ContainerInfo) -> None:
+def _fail_if_crashed(stack: HasContainers[C], c: Container) -> None:
     crashed = c.state in ("exited", "dead", "restarting") or (
         c.restarts >= _CRASH_LOOP_RESTARTS and not c.ready
     )

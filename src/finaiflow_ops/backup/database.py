@@ -11,10 +11,8 @@ ssh session: a dump arrives on this machine, a restore is fed from it.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import shlex
-import signal
 import subprocess
 import tempfile
 import threading
@@ -28,13 +26,14 @@ from finaiflow_ops import envfile
 from finaiflow_ops.backup.errors import BackupFailed
 from finaiflow_ops.backup.manifest import MAGIC_BYTES
 from finaiflow_ops.errors import OpsError, UsageError
+from finaiflow_ops.process import die_with_parent
 
 if TYPE_CHECKING:
     from finaiflow_ops.backup.encryption import Identity
     from finaiflow_ops.stack import Stack
     from finaiflow_ops.target import Target
 
-__all__ = ["Database", "Pumped", "SnapshotSession", "die_with_parent", "quote_ident"]
+__all__ = ["Database", "Pumped", "SnapshotSession", "quote_ident"]
 
 CHUNK = 1 << 20
 # Row counts of every ordinary table, in one statement. query_to_xml runs each count inside the
@@ -58,12 +57,6 @@ SELECT coalesce((SELECT (xpath('/row/v/text()', query_to_xml(
   WHERE to_regclass('public.alembic_version') IS NOT NULL), '')
 """.strip()
 _MARK = "__finaiflow_ops_done__"
-
-
-def die_with_parent() -> None:
-    """In a child, before exec: the kernel kills it when finaiflow-ops dies, even by SIGKILL, so a
-    killed backup leaves no `docker exec` client behind still writing into its temp file."""
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def quote_ident(name: str) -> str:

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from finaiflow_ops.backup.database import die_with_parent
 from finaiflow_ops.backup.errors import BackupFailed
 from finaiflow_ops.errors import UsageError
+from finaiflow_ops.process import die_with_parent
 from finaiflow_ops.target import Target
 
 __all__ = [

@@ -23,10 +23,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from finaiflow_ops.backup import archive
-from finaiflow_ops.backup.database import die_with_parent
 from finaiflow_ops.backup.errors import BackupFailed
 from finaiflow_ops.backup.manifest import PARTIAL_SUFFIX, manifest_path, read_manifest
 from finaiflow_ops.errors import CommandFailed, OpsError, UsageError
+from finaiflow_ops.process import die_with_parent
 from finaiflow_ops.target import Target
 
 __all__ = ["Destination", "copy", "parse_destination"]
