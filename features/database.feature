@@ -22,4 +22,5 @@ Feature: Database initialized
   Scenario: The api reads and writes the database
     When I create a tenant through the api
     Then I can read it back through the api
-    And I can delete it through the api
+    When I delete it through the api
+    Then it is gone from the api and from the database

@@ -7,14 +7,11 @@ Feature: Rollback plan tested
   deploy itself, traffic staying on the release that serves. The drills change the target: they
   run on the local reference stack, and on a remote target only with --allow-destructive.
   A rollback goes back to the release the history names before the current one, with the
-  image it ran: that image must still be on the target (a pruned image cannot be rolled back to).
+  image it ran: there must be one (a staging deployed once has nothing to go back to), and its
+  image must still be on the target (a pruned image cannot be rolled back to).
 
   Background:
     Given the staging target
-
-  Scenario: The release a rollback would return to is still on the target
-    When I ask the release history which release a rollback of the api would return to
-    Then that release's image is still on the target, the very image it ran
 
   @destructive
   Scenario: A rollback drill returns to the previous release in seconds without a failed request
@@ -32,3 +29,7 @@ Feature: Rollback plan tested
     Then the deploy is refused with the reason
     And the api serves the release it served before
     And no request failed
+
+  Scenario: The release a rollback would return to is still on the target
+    When I ask the release history which release a rollback of the api would return to
+    Then that release's image is still on the target, the very image it ran

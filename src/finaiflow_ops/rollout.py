@@ -65,6 +65,7 @@ __all__ = [
     "parse_duration",
     "plan",
     "rollback",
+    "rollback_plan",
     "sed_set_line",
     "set_env_value",
 ]
@@ -767,6 +768,20 @@ def rollback_target(past: releases.History, current: Release | None, to: str | N
     if current and target.image_id == current.image_id:
         raise UsageError(f"{target.label} is what {past.service} runs already", hint="nothing to roll back")
     return target
+
+
+def rollback_plan(stack: Stack, service: str, *, to: str | None = None) -> Release:
+    """The release `rollback` would return to now, reading only (UsageError when there is none).
+
+    As `rollback` does: when what runs is not what the history says (a change made by hand), the
+    rollback records it first and returns to the history's current release; otherwise to the
+    release before the current one, redeploys of the same image skipped."""
+    past = releases.history(stack, service)
+    current = past.current_release
+    running = {c.image_id for c in stack.containers(service, all=False) if c.state == "running"}
+    if current is not None and running and running != {current.image_id}:
+        return rollback_target(past, None, to) if to else current
+    return rollback_target(past, current, to)
 
 
 def _previous_other(past: releases.History, current: Release | None) -> Release | None:

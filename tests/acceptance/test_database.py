@@ -49,8 +49,18 @@ def read_tenant(staging: Staging, tenant: dict[str, Any]) -> None:
     )
 
 
-@then("I can delete it through the api")
-def delete_tenant(staging: Staging, tenant: dict[str, Any]) -> None:
+@when("I delete it through the api", target_fixture="deleted")
+def delete_tenant(staging: Staging, tenant: dict[str, Any]) -> int:
     with staging.client() as client:
         r = client.delete(f"{staging.base_url}/api/v1/tenants/{tenant['id']}")
-    assert r.status_code == 204, f"{staging.name}: deleting tenant {tenant['id']} answered {r.status_code}"
+    return r.status_code
+
+
+@then("it is gone from the api and from the database")
+def tenant_gone(staging: Staging, tenant: dict[str, Any], deleted: int) -> None:
+    assert deleted == 204, f"{staging.name}: deleting tenant {tenant['id']} answered {deleted}"
+    with staging.client() as client:
+        r = client.get(f"{staging.base_url}/api/v1/tenants/{tenant['id']}")
+    assert r.status_code == 404, f"{staging.name}: tenant {tenant['id']} still answers {r.status_code}"
+    rows = staging.stack.psql(f"SELECT count(*) FROM tenants WHERE id = {int(tenant['id'])}")  # noqa: S608
+    assert rows == [["0"]], f"{staging.name}: tenant {tenant['id']} is still in the database ({rows})"

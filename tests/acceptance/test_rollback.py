@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from finaiflow_ops import http, releases, rollout
+from finaiflow_ops import http, rollout
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.releases import Release
-from finaiflow_ops.rollout import DeployFailed, DeployResult, _previous_other
+from finaiflow_ops.rollout import DeployFailed, DeployResult
 from finaiflow_ops.stack import Stack
 from tests.acceptance.conftest import Staging
 from tests.rollout_support import (
@@ -27,7 +27,6 @@ from tests.rollout_support import (
     built,
     failures,
     put_back_afterwards,
-    serving,
     traffic,
     version,
 )
@@ -59,22 +58,18 @@ def drill(request: pytest.FixtureRequest, stack: Stack, base_url: str) -> Iterat
 
 @when("I ask the release history which release a rollback of the api would return to",
       target_fixture="rollback_target")
-def rollback_target(staging: Staging) -> Release | None:
-    """What `rollout.rollback` would pick now: the release before the current one (redeploys of
-    the same image skipped); when what runs is not what the history says, a rollback records it
-    first and returns to the history's current release."""
-    past = releases.history(staging.stack, SERVICE)
-    current = past.current_release
-    running = {c.image_id for c in serving(staging.stack)}
-    if current is not None and running != {current.image_id}:
-        return current
-    return _previous_other(past, current)
+def rollback_target(staging: Staging) -> Release | UsageError:
+    """What `rollout.rollback` would pick now (rollout.rollback_plan: reads only), or why none."""
+    try:
+        return rollout.rollback_plan(staging.stack, SERVICE)
+    except UsageError as exc:
+        return exc
 
 
 @then("that release's image is still on the target, the very image it ran")
-def rollback_image_present(staging: Staging, rollback_target: Release | None) -> None:
-    if rollback_target is None:
-        return  # nothing was deployed before this release: nothing to go back to (the drill proves the path)
+def rollback_image_present(staging: Staging, rollback_target: Release | UsageError) -> None:
+    # A staging with no release before the current one has no rollback plan to sign off.
+    assert isinstance(rollback_target, Release), f"{staging.name}: {rollback_target.one_line()}"
     ran = rollback_target.image_id
     try:
         seen = rollout.image_id(staging.stack, rollback_target.image)
