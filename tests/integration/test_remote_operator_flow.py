@@ -226,7 +226,7 @@ def test_tls_issue_runs_certbot_on_the_host_and_nginx_serves_the_certificate(vps
     started = vps.ssh("sh", "-c", PEBBLE, timeout=300)
     assert started.returncode == 0, started.stderr + vps.ssh("cat", "/root/pebble/pebble.log").stdout
     try:
-        done = ok(ops(vps, "--json", "tls", "issue", "--server", "https://127.0.0.1:14000/dir",
+        done = ok(ops(vps, "--json", "--yes", "tls", "issue", "--server", "https://127.0.0.1:14000/dir",
                       "--ca-bundle", "/root/pebble/listener-ca.pem", "--ca-file", "/root/pebble/root.pem",
                       "--email", "ops@finaiflow.test", timeout=300))
         issued = json.loads(done.stdout)
