@@ -1,5 +1,6 @@
-"""Sessions: `nox -l` lists them. The stack sessions need the reference stack's images
-(scripts/provision, which scripts/run calls first)."""
+"""Sessions: `nox -l` lists them. `nox` alone runs the fast ones (lint, unit: no Docker needed).
+The stack sessions need the reference stack's images (scripts/provision, which scripts/run calls
+first); `scripts/run tests` runs lint and tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "unit"]
 nox.options.reuse_venv = "yes"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -22,9 +23,10 @@ def install(session: nox.Session, *groups: str) -> None:
     session.install("-e", ".", *(dep for g in groups for dep in nox.project.dependency_groups(PYPROJECT, g)))
 
 
-@nox.session
+@nox.session(default=False)
 def tests(session: nox.Session) -> None:
-    """The full suite: unit, integration and the acceptance checklist against the local stack."""
+    """The full suite: unit, integration and the acceptance checklist against the session's stack
+    (tests/conftest.py: brought up unless the reference stack already runs)."""
     install(session, "test", "load")
     # --run-load: the checklist's load item runs the zero-downtime gate on the session's stack.
     session.run("pytest", "tests", "--junitxml=reports/tests.xml", "--run-load", *session.posargs)
@@ -37,13 +39,15 @@ def unit(session: nox.Session) -> None:
     session.run("pytest", "tests/unit", *session.posargs)
 
 
-@nox.session
+@nox.session(default=False)
 def acceptance(session: nox.Session) -> None:
-    """The deployment checklist against a target (default: the reference stack here, brought up)."""
+    """The deployment checklist against a target (default: the reference stack in stack/, brought up)."""
     install(session, "acceptance")
     args = list(session.posargs)
     if not any(arg.startswith("--target") for arg in args):
-        bring_up_local_stack(session)
+        if not any(arg.startswith("--project-dir") for arg in args):
+            bring_up_local_stack(session)
+            args += ["--project-dir", STACK_DIR]  # the stack just checked or brought up, as it is
         # On the reference stack the load item is done here and now: the gate runs (about 90 s).
         args.append("--run-load")
     session.run("pytest", "tests/acceptance", "--junitxml=reports/acceptance.xml", *args)

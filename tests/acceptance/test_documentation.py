@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 from pytest_bdd import given, parsers, scenarios, then, when
 
+from finaiflow_ops import cli as entry_point
 from finaiflow_ops.cli import cli
 from tests.acceptance.conftest import Staging
 
@@ -45,6 +46,19 @@ def runbook_commands(path: str) -> list[str]:
     return commands
 
 
+def answer_to_help(args: list[str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `finaiflow-ops ARGS --help`, run in this process through
+    the CLI's own entry point (the same parsing, exit status and error line as the program)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            entry_point.main([*args, "--help"])
+            status = 0
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return status, out.getvalue(), err.getvalue()
+
+
 @then("every finaiflow-ops command it shows answers --help")
 def commands_answer_help(staging: Staging, runbook_commands: list[str]) -> None:
     broken = []
@@ -55,11 +69,10 @@ def commands_answer_help(staging: Staging, runbook_commands: list[str]) -> None:
             broken.append(str(exc))
             continue
         # The whole line with --help: click prints help only if every option shown exists.
-        result = subprocess.run([sys.executable, "-m", "finaiflow_ops.cli", *shlex.split(line)[1:], "--help"],
-                                capture_output=True, text=True, timeout=60, check=False)
-        if result.returncode != 0 or not result.stdout.startswith(f"Usage: finaiflow-ops {' '.join(path)}"):
-            error = (result.stderr.strip().splitlines() or ["no help printed"])[-1]
-            broken.append(f"`{line} --help`: exit {result.returncode}: {error}")
+        status, stdout, stderr = answer_to_help(shlex.split(line)[1:])
+        if status != 0 or not stdout.startswith(f"Usage: finaiflow-ops {' '.join(path)}"):
+            error = (stderr.strip().splitlines() or ["no help printed"])[-1]
+            broken.append(f"`{line} --help`: exit {status}: {error}")
     assert not broken, f"{staging.name}: the runbook shows commands that do not exist: {'; '.join(broken)}"
 
 
