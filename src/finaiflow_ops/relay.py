@@ -34,20 +34,19 @@ def executable(stack: Stack) -> str:
 
 def command_line(stack: Stack, args: Sequence[str], *, yes: bool = False) -> list[str]:
     """The host's argv for `finaiflow-ops ARGS` on this stack: the global options that name this
-    machine's view (--target, --project-dir, --env-file) replaced by the stack's own; `yes`
-    answers the host's confirmation (there is no terminal there: ask here first)."""
+    machine's view (--target, --project-dir, --env-file, before or after the command) replaced by
+    the stack's own; `yes` answers the host's confirmation (there is no terminal there: ask here
+    first). What follows `--` is arguments, kept as it is. ARGS gives option values that look like
+    options as --name=value (the CLI's `relayed_args` does)."""
     kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg in _GLOBALS_WITH_VALUE:
-            skip = True
-            continue
-        if arg.startswith(tuple(f"{name}=" for name in _GLOBALS_WITH_VALUE)):
-            continue
-        kept.append(arg)
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            kept += [arg, *rest]
+        elif arg in _GLOBALS_WITH_VALUE:
+            next(rest, None)
+        elif not arg.startswith(tuple(f"{name}=" for name in _GLOBALS_WITH_VALUE)):
+            kept.append(arg)
     env_file = ["--env-file", stack.env_file] if stack.env_file else []
     answer = ["--yes"] if yes else []
     return [executable(stack), "--project-dir", stack.project_dir, *env_file, *answer, *kept]

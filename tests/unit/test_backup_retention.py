@@ -13,7 +13,7 @@ import pytest
 from finaiflow_ops.backup.errors import StaleBackups
 from finaiflow_ops.backup.inventory import BackupEntry, list_backups
 from finaiflow_ops.backup.manifest import Manifest, backup_name, manifest_path
-from finaiflow_ops.backup.retention import Policy, plan, prune
+from finaiflow_ops.backup.retention import Policy, database_name, plan, policy, prune
 from finaiflow_ops.errors import UsageError
 
 NOW = datetime(2025, 6, 30, 3, 0, tzinfo=UTC)  # a Monday, one hour after the 02:00 backup
@@ -197,3 +197,26 @@ def test_prune_refuses_and_deletes_nothing_when_backups_are_stale(tmp_path: Path
     with pytest.raises(StaleBackups, match="refusing to prune"):
         prune(tmp_path, Policy(), database=DB, now=NOW)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == before
+
+
+# -- the defaults `backup prune` uses (a release script gets the same) ---------------------------------
+
+def test_the_prune_policy_keeps_the_runbooks_30_days_unless_generations_are_given() -> None:
+    assert policy().keep_days == 30
+    assert policy(keep_days=7).keep_days == 7
+    generations = policy(daily=7, weekly=4)
+    assert generations.keep_days is None and (generations.daily, generations.weekly) == (7, 4)
+    assert policy(keep_days=10, monthly=3).keep_days == 10  # both, when both are asked for
+    assert policy(keep_last=5, max_age_hours=48) == Policy(30, 5, 0, 0, 0, 48)
+
+
+@pytest.mark.parametrize(("env", "name", "expected"), [
+    ({"POSTGRES_DB": "finaiflow_db", "POSTGRES_USER": "finaiflow"}, None, "finaiflow_db"),
+    ({"POSTGRES_DB": "finaiflow_db"}, "other", "other"),
+    ({"POSTGRES_USER": "finaiflow"}, None, "finaiflow"),  # what the postgres image creates then
+    ({"POSTGRES_DB": "", "POSTGRES_USER": ""}, None, "postgres"),
+    ({}, None, "postgres"),
+])
+def test_the_database_pruned_is_the_stacks_unless_named(env: dict[str, str], name: str | None,
+                                                         expected: str) -> None:
+    assert database_name(env, name) == expected

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 
-from finaiflow_ops.backup.schedule import MARK, Job, unit_name, without_block
+from finaiflow_ops.backup.archive import backups_of, default_directory
+from finaiflow_ops.backup.schedule import MARK, Job, daily_job, unit_name, without_block
 from finaiflow_ops.errors import UsageError
+from finaiflow_ops.stack import Stack
+from finaiflow_ops.target import Target
 
 JOB = Job("/opt/ops/bin/finaiflow-ops", "/srv/finaiflow", "/srv/finaiflow/backups")
 
@@ -82,3 +86,56 @@ def test_bad_jobs_are_usage_errors(kwargs: dict[str, str], message: str) -> None
               **kwargs}
     with pytest.raises(UsageError, match=message):
         Job(**fields)
+
+
+# -- the job `backup schedule` installs, built by the library ------------------------------------------
+
+AGE_KEY = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> str:
+    executable = tmp_path / "finaiflow-ops"
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    return str(executable)
+
+
+def test_backups_are_kept_in_the_project_directory_by_default() -> None:
+    assert backups_of("/srv/finaiflow") == backups_of("/srv/finaiflow/") == "/srv/finaiflow/backups"
+    local = Stack(Target.parse("local://"), "/srv/finaiflow")
+    assert default_directory(local) == Path("/srv/finaiflow/backups")
+    with pytest.raises(UsageError, match="must be named"):
+        default_directory(Stack(Target.parse("ssh://vps"), "/srv/finaiflow"))
+
+
+def test_the_daily_job_backs_up_into_the_project_directory_by_default(ops: str) -> None:
+    job = daily_job(Target.parse("local://"), "/srv/finaiflow", executable=ops)
+    assert job == Job(ops, "/srv/finaiflow", "/srv/finaiflow/backups")
+    other = daily_job(Target.parse("local://"), "/srv/finaiflow", directory="/mnt/b", at="03:30", keep_days=7,
+                      executable=ops, notify="true")
+    assert (other.directory, other.at, other.keep_days, other.notify) == ("/mnt/b", "03:30", 7, "true")
+
+
+def test_the_daily_job_hands_ssh_copies_and_keys_to_backup_create(ops: str) -> None:
+    job = daily_job(Target.parse("local://"), "/srv/f", executable=ops, copy_to="ssh://vault/srv/b",
+                    encrypt_to=[AGE_KEY])
+    assert job.copy_to == ""
+    assert job.create_options == ("--encrypt-to", AGE_KEY, "--copy-to", "ssh://vault/srv/b")
+    create, prune = job.command().split(" && ")
+    assert f"--encrypt-to {AGE_KEY}" in create and "--copy-to ssh://vault/srv/b" in create
+    assert "--encrypt-to" not in prune
+
+
+def test_the_daily_job_copies_to_a_directory_itself(ops: str) -> None:
+    job = daily_job(Target.parse("local://"), "/srv/f", executable=ops, copy_to="/mnt/offsite")
+    assert job.copy_to == "/mnt/offsite" and job.create_options == ()
+
+
+def test_the_daily_job_refuses_what_the_target_cannot_run(ops: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not installed"):
+        daily_job(Target.parse("local://"), "/srv/f", executable=str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="neither a public key nor a file"):
+        daily_job(Target.parse("local://"), "/srv/f", executable=ops, encrypt_to=["not-a-key"])
+    with pytest.raises(UsageError, match="absolute"):
+        daily_job(Target.parse("local://"), "srv/f", executable=ops)

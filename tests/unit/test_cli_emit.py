@@ -32,3 +32,13 @@ def test_without_json_the_result_goes_to_the_renderer_only(capsys: pytest.Captur
     emit(options(json_output=False), Result("api", False), rendered.append)
     assert rendered == [Result("api", False)]
     assert capsys.readouterr().out == ""
+
+
+def test_a_stream_of_results_is_one_compact_json_object_a_line(capsys: pytest.CaptureFixture[str]) -> None:
+    rendered: list[Result] = []
+    for result in (Result("api", True), Result("nginx", False)):
+        emit(options(json_output=True), result, rendered.append, line=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [{"name": "api", "ok": True},
+                                                    {"name": "nginx", "ok": False}]
+    assert rendered == []

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import posixpath
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -61,6 +62,7 @@ __all__ = [
     "ReadBack",
     "Verification",
     "archive_format",
+    "backups_of",
     "checked_manifest",
     "checksum_problems",
     "compare_counts",
@@ -141,8 +143,14 @@ class Verification:
         return sum(self.tables.values())
 
 
+def backups_of(project_dir: str) -> str:
+    """Where a stack's backups are kept on its target, PROJECT_DIR/backups: the runbook's place,
+    where `backup create` writes by default and the daily job runs."""
+    return posixpath.join(project_dir, "backups")
+
+
 def default_directory(stack: Stack) -> Path:
-    """PROJECT_DIR/backups: where backups go unless --dir says otherwise.
+    """PROJECT_DIR/backups (`backups_of`): where backups go unless --dir says otherwise.
 
     Only for a local target: a remote one keeps its backups on the host, where its own finaiflow-ops
     takes them (`take`); streamed to this machine, they go to a directory that must be named.
@@ -150,7 +158,7 @@ def default_directory(stack: Stack) -> Path:
     if not stack.target.is_local:
         raise UsageError(f"backups of {stack.target} streamed to this machine are kept in a directory that "
                          "must be named (PROJECT_DIR/backups is on the target: `take` backs up there)")
-    return Path(stack.project_dir) / "backups"
+    return Path(backups_of(stack.project_dir))
 
 
 def take(stack: Stack, *, reason: str, progress: Progress | None = None) -> str:
@@ -161,7 +169,7 @@ def take(stack: Stack, *, reason: str, progress: Progress | None = None) -> str:
     if stack.target.kind == "ssh":
         from finaiflow_ops import relay
 
-        say(f"taking a backup on {stack.target} (its finaiflow-ops, into {stack.project_dir}/backups)")
+        say(f"taking a backup on {stack.target} (its finaiflow-ops, into {backups_of(stack.project_dir)})")
         done = relay.run(stack, "--json", "backup", "create", "--reason", reason, timeout=3600)
         return str(json.loads(done.stdout)["path"])
     made = create(Database.of(stack), default_directory(stack), release=stack_release(stack),

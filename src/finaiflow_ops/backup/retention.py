@@ -10,7 +10,7 @@ recent (stale backups are an alarm, not a reason to delete). `plan` is pure; `pr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,14 +21,16 @@ from finaiflow_ops.backup.inventory import COMPANIONS, INCOMPLETE, BackupEntry, 
 from finaiflow_ops.backup.manifest import read_manifest
 from finaiflow_ops.errors import UsageError
 
-__all__ = ["Decision", "Policy", "PruneResult", "plan", "prune"]
+__all__ = ["Decision", "Policy", "PruneResult", "database_name", "plan", "policy", "prune"]
+
+DEFAULT_KEEP_DAYS = 30  # the runbook's `find -mtime +30 -delete`
 
 
 @dataclass(frozen=True)
 class Policy:
     """A retention policy. Generations (daily/weekly/monthly) count verified backups only."""
 
-    keep_days: int | None = 30  # keep everything younger than this (the runbook's rule)
+    keep_days: int | None = DEFAULT_KEEP_DAYS  # keep everything younger than this (the runbook's rule)
     keep_last: int = 3  # the newest verified backups, never deleted whatever their age
     daily: int = 0  # the newest verified backup of each of the last N days that have one
     weekly: int = 0  # ... of each of the last N ISO weeks
@@ -51,6 +53,21 @@ class Policy:
         parts += [f"{n} {label}" for n, label in ((self.daily, "daily"), (self.weekly, "weekly"),
                                                    (self.monthly, "monthly")) if n]
         return ", ".join(parts)
+
+
+def policy(*, keep_days: int | None = None, keep_last: int = 3, daily: int = 0, weekly: int = 0,
+           monthly: int = 0, max_age_hours: float = 26.0) -> Policy:
+    """The policy `backup prune` applies: `keep_days` unset means the runbook's 30 days, unless
+    generations (daily, weekly, monthly) are given: then they alone decide beyond `keep_last`."""
+    if keep_days is None and not (daily or weekly or monthly):
+        keep_days = DEFAULT_KEEP_DAYS
+    return Policy(keep_days, keep_last, daily, weekly, monthly, max_age_hours)
+
+
+def database_name(env: Mapping[str, str], name: str | None = None) -> str:
+    """Whose backups: `name`, else the stack's database (POSTGRES_DB of its .env, else POSTGRES_USER,
+    which is what the postgres image creates when POSTGRES_DB is unset, else postgres)."""
+    return name or env.get("POSTGRES_DB") or env.get("POSTGRES_USER") or "postgres"
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,19 @@ import hashlib
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from finaiflow_ops import schedule as scheduling
+from finaiflow_ops.backup import encryption, offsite
+from finaiflow_ops.backup.archive import backups_of
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.schedule import SYSTEMD_DIR, scheduler
 from finaiflow_ops.target import Target
 
-__all__ = ["SYSTEMD_DIR", "Job", "ScheduleStatus", "install", "remove", "resolve_executable", "scheduler",
-           "status"]
+__all__ = ["SYSTEMD_DIR", "Job", "ScheduleStatus", "daily_job", "install", "remove", "resolve_executable",
+           "scheduler", "status"]
 
 MARK = "# finaiflow-ops backup schedule:"
 _TIME_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
@@ -107,6 +110,22 @@ class Job:
             "[Install]\nWantedBy=timers.target\n"
         )
         return {f"{self.unit}.service": service, f"{self.unit}.timer": timer}
+
+
+def daily_job(target: Target, project_dir: str, *, directory: str | None = None, at: str = "02:00",
+              keep_days: int = 30, executable: str | None = None, copy_to: str = "",
+              encrypt_to: Sequence[str] = (), notify: str = "") -> Job:
+    """The daily job of the stack in `project_dir` on `target`, checked there: its finaiflow-ops
+    (`resolve_executable`), backups into `directory` (default PROJECT_DIR/backups), a copy to
+    `copy_to` (a directory on the target, or ssh://...), encrypted to `encrypt_to` (public keys, or
+    recipients files on the target, read at each run)."""
+    # An ssh destination goes to `backup create` as it is (validated here); Job.copy_to takes
+    # directories only.
+    remote = copy_to if copy_to and offsite.parse_destination(copy_to).target else ""
+    keys = [arg for key in encryption.job_recipients(target, encrypt_to) for arg in ("--encrypt-to", key)]
+    return Job(resolve_executable(target, executable), project_dir, directory or backups_of(project_dir), at,
+               keep_days, "" if remote else copy_to, notify,
+               create_options=(*keys, *(("--copy-to", remote) if remote else ())))
 
 
 def marker(project_dir: str) -> str:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import sys
 
 import click
+from click.core import ParameterSource
 
 from finaiflow_ops.cli import backup, deploy, env, harden, host, monitor, stack, tls
-from finaiflow_ops.cli.options import Options, last_step, record_invocation
+from finaiflow_ops.cli.options import Options, accept_global_options, global_options, last_step
 from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable
 from finaiflow_ops.output import err
 
 
 class _Cli(click.Group):
-    """A connection to the target that breaks in the middle of a command (ssh dies, the network
+    """The root command. Every command added to it takes the global options after its name too.
+
+    A connection to the target that breaks in the middle of a command (ssh dies, the network
     goes) surfaces as a broken pipe or a refused connection to the forwarded engine socket. Click
     would turn a broken pipe into a silent exit 1 (meant for `... | head`): here it is exit 3,
     naming the target and the last step reached."""
@@ -35,22 +38,32 @@ class _Cli(click.Group):
                 f"the connection to {where} {what}",
                 hint="run `finaiflow-ops check`, then the command again: it picks up what was left") from None
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        accept_global_options(cmd)
+        super().add_command(cmd, name)
 
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--target", "target_url", default="local://", envvar="FINAIFLOW_TARGET", show_default=True,
-              help="Where the stack runs: local://, ssh://user@host[:port], docker://container.")
-@click.option("--project-dir", default=".", envvar="FINAIFLOW_PROJECT_DIR", show_default=True,
-              help="The stack directory on the target (compose.yaml and .env).")
-@click.option("--env-file", default=None, envvar="FINAIFLOW_ENV_FILE",
-              help="The .env file (default: PROJECT_DIR/.env).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (required without a terminal).")
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]},
+             params=global_options(after_command=False),
+             epilog="Exit codes: 0 success; 1 the operation ran and failed (a check, a health gate); 2 bad "
+                    "usage or input; 3 the target or its Docker engine could not be reached.")
 @click.version_option(package_name="finaiflow-ops")
 @click.pass_context
 def cli(ctx: click.Context, target_url: str, project_dir: str, env_file: str | None,
-        as_json: bool, yes: bool) -> None:
-    """Deploy primitives for FinaiFlow: stack, env, and more as they land."""
-    ctx.obj = Options(target_url, project_dir, env_file, as_json, yes)
+        json: bool, yes: bool) -> None:
+    """Deploy and operate FinaiFlow (FastAPI behind nginx, with PostgreSQL and Redis) on Docker
+    Compose or Swarm, on this machine or a server reached over SSH.
+
+    Prepare a fresh VPS and push images to it; generate and check the .env; bring the stack up
+    and check it end to end; roll out and roll back releases with zero downtime; take, verify,
+    prune and restore backups; issue, install and renew TLS certificates; audit and harden the host.
+
+    The global options below go before or after the command (`finaiflow-ops stack status --json`).
+    Reads print a table, or one JSON document with --json; progress and errors go to stderr.
+    """
+    given = frozenset(name for name in ctx.params
+                      if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT))
+    ctx.obj = Options(target_url, project_dir, env_file, json, yes, given)
 
 
 # One module per command group; each registers its groups here.
@@ -64,7 +77,6 @@ for _group in (stack.stack, env.env, tls.tls_group, deploy.deploy, deploy.rollba
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn library errors into one clear stderr line and a meaningful exit code."""
-    record_invocation(list(sys.argv[1:] if argv is None else argv))
     try:
         code = cli.main(args=argv, prog_name="finaiflow-ops", standalone_mode=False)
     except click.exceptions.Abort:

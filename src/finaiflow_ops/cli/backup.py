@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,11 +16,11 @@ from finaiflow_ops import restore as restoring
 from finaiflow_ops.backup import archive, encryption, offsite, retention, schedule
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.encryption import Identity
-from finaiflow_ops.backup.inventory import list_backups
+from finaiflow_ops.backup.inventory import BackupList, list_backups
 from finaiflow_ops.backup.notify import notify_failure
-from finaiflow_ops.cli.options import Options, invocation, pass_options, progress
+from finaiflow_ops.cli.options import Options, emit, pass_options, progress, relayed_args
 from finaiflow_ops.errors import CheckFailed, OpsError
-from finaiflow_ops.output import err, out, print_json
+from finaiflow_ops.output import err, out
 
 _DIR_HELP = "The backup directory (default: PROJECT_DIR/backups)."
 
@@ -41,7 +42,8 @@ def _directory(opts: Options, directory: str | None, *, asks: str = "") -> Path:
 def _on_host(opts: Options, *, asks: str = "") -> NoReturn:
     if asks:
         opts.confirm(f"{asks} (on {opts.target})")
-    raise click.exceptions.Exit(relay.stream(opts.stack, invocation(), yes=bool(asks) or opts.yes))
+    args = relayed_args(click.get_current_context())
+    raise click.exceptions.Exit(relay.stream(opts.stack, args, yes=bool(asks) or opts.yes))
 
 
 def _identity(path: Path | None) -> Identity | None:
@@ -115,9 +117,10 @@ def backup_create(opts: Options, directory: str | None, database: str | None, co
                               release=archive.stack_release(opts.stack), project=opts.stack.project,
                               reason=reason, recipients=recipients, progress=progress)
         copied = offsite.copy(Path(made.path), destination, progress=progress) if destination else None
-    if opts.json:
-        print_json(made)
-        return
+    emit(opts, made, functools.partial(_print_backup, copied=copied))
+
+
+def _print_backup(made: archive.Backup, *, copied: str | None) -> None:
     if copied:
         out.print(f"copied to {copied} (read back, sha256 matches)")
     m = made.manifest
@@ -139,11 +142,12 @@ def backup_verify(opts: Options, file: Path, identity: Path | None) -> None:
     """
     if opts.target.kind == "ssh" and not file.exists():
         _on_host(opts)
-    result = archive.verify(Database.of(opts.stack), file.resolve(), identity=_identity(identity),
-                            progress=progress)
-    if opts.json:
-        print_json(result)
-    elif not result.read_in_full:
+    emit(opts, archive.verify(Database.of(opts.stack), file.resolve(), identity=_identity(identity),
+                              progress=progress), _print_verified)
+
+
+def _print_verified(result: archive.Verification) -> None:
+    if not result.read_in_full:
         out.print(f"{result.path}: checksum and manifest ok (age-encrypted, {_mb(result.size)}); NOT read "
                   "back: reading it in full needs its private key, --identity FILE")
     else:
@@ -158,10 +162,10 @@ def backup_verify(opts: Options, file: Path, identity: Path | None) -> None:
 @pass_options
 def backup_list(opts: Options, directory: str | None, database: str | None) -> None:
     """The backups with their age, size and verified state; the age of the newest verified one."""
-    listing = list_backups(_directory(opts, directory), database=database)
-    if opts.json:
-        print_json(listing)
-        return
+    emit(opts, list_backups(_directory(opts, directory), database=database), _print_listing)
+
+
+def _print_listing(listing: BackupList) -> None:
     table = Table(title=f"backups in {listing.directory}", title_justify="left")
     for column in ("file", "age", "size", "state", "encrypted", "release"):
         table.add_column(column)
@@ -196,18 +200,19 @@ def backup_prune(opts: Options, directory: str | None, database: str | None, kee
     """Delete backups outside the retention policy (the runbook's 30 days by default)."""
     asks = "" if dry_run else "delete backups outside the retention policy?"
     where = _directory(opts, directory, asks=asks)
-    if keep_days is None and not (daily or weekly or monthly):
-        keep_days = 30
-    policy = retention.Policy(keep_days, keep_last, daily, weekly, monthly, max_age_hours)
+    policy = retention.policy(keep_days=keep_days, keep_last=keep_last, daily=daily, weekly=weekly,
+                              monthly=monthly, max_age_hours=max_age_hours)
     if not dry_run:
         opts.confirm(f"delete the backups in {where} outside the policy ({policy.describe()})?")
-    db_name = database or opts.stack.env.get("POSTGRES_DB") or opts.stack.env.get("POSTGRES_USER", "postgres")
     with _notifying(notify, "prune", where):
-        result = retention.prune(where, policy, database=db_name, dry_run=dry_run, progress=progress)
-    if opts.json:
-        print_json(result)
-        return
-    table = Table(title=f"prune {where} ({result.policy}){' - dry run' if dry_run else ''}",
+        result = retention.prune(where, policy, database=retention.database_name(opts.stack.env, database),
+                                 dry_run=dry_run, progress=progress)
+    emit(opts, result, _print_pruned)
+
+
+def _print_pruned(result: retention.PruneResult) -> None:
+    dry_run = result.dry_run
+    table = Table(title=f"prune {result.directory} ({result.policy}){' - dry run' if dry_run else ''}",
                   title_justify="left")
     for column in ("file", "state", "decision", "why"):
         table.add_column(column)
@@ -245,41 +250,37 @@ def backup_schedule(opts: Options, directory: str | None, at: str, keep_days: in
         opts.confirm(f"remove the daily backup of {project_dir} from {target}?")
         result = schedule.remove(target, project_dir)
     else:
-        # An ssh destination goes to `backup create` as it is (validated here; the base Job takes
-        # directories only).
-        remote = copy_to if copy_to and offsite.parse_destination(copy_to).target else ""
-        keys = [arg for key in encryption.job_recipients(target, encrypt_to) for arg in ("--encrypt-to", key)]
-        job = schedule.Job(schedule.resolve_executable(target, executable), project_dir,
-                           directory or f"{project_dir.rstrip('/')}/backups", at, keep_days,
-                           "" if remote else copy_to, notify,
-                           create_options=(*keys, *(("--copy-to", remote) if remote else ())))
+        job = schedule.daily_job(target, project_dir, directory=directory, at=at, keep_days=keep_days,
+                                 executable=executable, copy_to=copy_to, encrypt_to=encrypt_to, notify=notify)
         opts.confirm(f"install the daily {at} backup of {project_dir} on {target} ({job.command()})?")
         result = schedule.install(target, job)
-    if opts.json:
-        print_json(result)
-    else:
-        state = "installed" if result.installed else "not installed"
-        change = " (changed)" if result.changed else (" (already so)" if not show else "")
-        out.print(f"daily backup of {project_dir} on {target}: {state}{change}, scheduler {result.scheduler}"
-                  f"{'' if result.running or not result.installed else ' (NOT running)'}")
-        if result.entry:
-            out.print(result.entry, markup=False)
+    emit(opts, result, functools.partial(_print_schedule, show=show))
     if show and not result.ok:
         why = "it is not installed" if not result.installed else f"{result.scheduler} is not running"
         raise CheckFailed(f"the daily backup of {project_dir} on {target} will not run: {why}",
                           hint="install it: finaiflow-ops backup schedule")
 
 
+def _print_schedule(result: schedule.ScheduleStatus, *, show: bool) -> None:
+    state = "installed" if result.installed else "not installed"
+    change = " (changed)" if result.changed else (" (already so)" if not show else "")
+    out.print(f"daily backup of {result.project_dir} on {result.target}: {state}{change}, scheduler "
+              f"{result.scheduler}{'' if result.running or not result.installed else ' (NOT running)'}")
+    if result.entry:
+        out.print(result.entry, markup=False)
+
+
 # -- restore --------------------------------------------------------------------------------------------
 
 class _RestoreGroup(click.Group):
     """`restore FILE` beside `restore undo` and `restore drill`: a first word that is not a
-    subcommand is the file to restore."""
+    subcommand is the file to restore (after the group's own options: `restore --yes FILE`)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             args = ["file", *args]
-        return super().parse_args(ctx, args)
+        return super().resolve_command(ctx, args)
 
 
 @click.group(cls=_RestoreGroup)
@@ -307,10 +308,11 @@ def restore_file(opts: Options, file: Path, directory: str | None, identity: Pat
     opts.confirm(f"replace the database of {opts.stack.project} on {opts.target} with {file.name}? "
                  "(the current one is kept for `restore undo`)")
     result = restoring.restore(opts.stack, file.resolve(), directory=where, identity=key, progress=progress)
-    if opts.json:
-        print_json(result)
-        return
-    out.print(f"{result.database} restored from {file.name}: {result.rows} rows in "
+    emit(opts, result, functools.partial(_print_restored, name=file.name))
+
+
+def _print_restored(result: restoring.RestoreResult, *, name: str) -> None:
+    out.print(f"{result.database} restored from {name}: {result.rows} rows in "
               f"{len(result.tables)} tables match the manifest; restored in {result.restore_seconds:.1f} s, "
               f"connections refused for {result.swap_seconds:.2f} s")
     out.print(f"previous database kept as {result.previous} (restore undo); "
@@ -322,12 +324,12 @@ def restore_file(opts: Options, file: Path, directory: str | None, identity: Pat
 def restore_undo(opts: Options) -> None:
     """Put back the database the newest restore replaced (asks first unless --yes)."""
     opts.confirm(f"put the previous database of {opts.stack.project} on {opts.target} back?")
-    result = restoring.undo(opts.stack, progress=progress)
-    if opts.json:
-        print_json(result)
-    else:
-        out.print(f"{result.database} is {result.restored_from} again; the replaced one is kept as "
-                  f"{result.set_aside}")
+    emit(opts, restoring.undo(opts.stack, progress=progress), _print_undone)
+
+
+def _print_undone(result: restoring.UndoResult) -> None:
+    out.print(f"{result.database} is {result.restored_from} again; the replaced one is kept as "
+              f"{result.set_aside}")
 
 
 @restore.command("drill")
@@ -340,11 +342,11 @@ def restore_drill(opts: Options, file: Path | None, directory: str | None, ident
     # A named FILE on this machine needs no directory: its own is used.
     local_file = file is not None and (opts.target.is_local or file.exists())
     where = file.resolve().parent if file and local_file and not directory else _directory(opts, directory)
-    result = restoring.drill(Database.of(opts.stack), file.resolve() if file else None, directory=where,
-                             identity=_identity(identity), progress=progress)
-    if opts.json:
-        print_json(result)
-    else:
-        out.print(f"drill passed: {Path(result.file).name} restored into {result.scratch_database} in "
-                  f"{result.seconds:.1f} s ({result.mb_per_s:.1f} MB/s), {result.rows} rows in "
-                  f"{len(result.tables)} tables match the manifest; scratch database dropped")
+    emit(opts, restoring.drill(Database.of(opts.stack), file.resolve() if file else None, directory=where,
+                               identity=_identity(identity), progress=progress), _print_drill)
+
+
+def _print_drill(result: restoring.DrillResult) -> None:
+    out.print(f"drill passed: {Path(result.file).name} restored into {result.scratch_database} in "
+              f"{result.seconds:.1f} s ({result.mb_per_s:.1f} MB/s), {result.rows} rows in "
+              f"{len(result.tables)} tables match the manifest; scratch database dropped")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 from rich.table import Table
 
 from finaiflow_ops import releases as history
 from finaiflow_ops import rollout
-from finaiflow_ops.cli.options import Options, pass_options, progress
-from finaiflow_ops.output import err, out, print_json
+from finaiflow_ops.cli.options import Options, emit, pass_options, progress
+from finaiflow_ops.output import err, out
 
 _timeouts = [
     click.option("--health-timeout", default=rollout.HEALTH_TIMEOUT, show_default=True,
@@ -42,16 +44,18 @@ def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: i
         steps = rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
                              migrate=not no_migrate, health_timeout=health_timeout,
                              drain_timeout=drain_timeout)
-        if opts.json:
-            print_json(steps)
-            return
-        out.print(f"deploy {service} to {image} ({steps.replicas} container(s)) on {opts.target} would:")
-        for number, step in enumerate(steps.steps, start=1):
-            out.print(f"  {number:>2}. {step}", markup=False)
+        emit(opts, steps,
+             functools.partial(_print_plan, service=service, image=image, target=str(opts.target)))
         return
-    _print_result(opts, rollout.deploy(opts.stack, service, image, replicas=replicas, backup=not no_backup,
-                                       migrate=not no_migrate, health_timeout=health_timeout,
-                                       drain_timeout=drain_timeout, progress=progress))
+    emit(opts, rollout.deploy(opts.stack, service, image, replicas=replicas, backup=not no_backup,
+                              migrate=not no_migrate, health_timeout=health_timeout,
+                              drain_timeout=drain_timeout, progress=progress), _print_result)
+
+
+def _print_plan(steps: rollout.Plan, *, service: str, image: str, target: str) -> None:
+    out.print(f"deploy {service} to {image} ({steps.replicas} container(s)) on {target} would:")
+    for number, step in enumerate(steps.steps, start=1):
+        out.print(f"  {number:>2}. {step}", markup=False)
 
 
 @click.command()
@@ -63,15 +67,12 @@ def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: i
 def rollback(opts: Options, service: str, to: str | None, health_timeout: float, drain_timeout: float,
              no_migrate: bool) -> None:
     """Back to the previous (or a named) release of SERVICE, through the same zero-downtime path."""
-    _print_result(opts, rollout.rollback(opts.stack, service, to=to, confirm=opts.confirm,
-                                         migrate=not no_migrate, health_timeout=health_timeout,
-                                         drain_timeout=drain_timeout, progress=progress))
+    emit(opts, rollout.rollback(opts.stack, service, to=to, confirm=opts.confirm, migrate=not no_migrate,
+                                health_timeout=health_timeout, drain_timeout=drain_timeout,
+                                progress=progress), _print_result)
 
 
-def _print_result(opts: Options, result: rollout.DeployResult) -> None:
-    if opts.json:
-        print_json(result)
-        return
+def _print_result(result: rollout.DeployResult) -> None:
     if result.repaired:
         out.print(f"repaired first: {'; '.join(result.repaired)}", markup=False)
     before = result.previous.label if result.previous else "(none)"
@@ -86,14 +87,15 @@ def _print_result(opts: Options, result: rollout.DeployResult) -> None:
 @pass_options
 def releases(opts: Options, service: str) -> None:
     """The release history of SERVICE, the current one marked."""
-    past = history.history(opts.stack, service)
-    if opts.json:
-        print_json(past)
-        return
+    emit(opts, history.history(opts.stack, service),
+         functools.partial(_print_releases, service=service, target=str(opts.target)))
+
+
+def _print_releases(past: history.History, *, service: str, target: str) -> None:
     if not past.releases:
-        out.print(f"no release of {service} recorded on {opts.target} yet")
+        out.print(f"no release of {service} recorded on {target} yet")
         return
-    table = Table(title=f"{service} releases on {opts.target}", title_justify="left")
+    table = Table(title=f"{service} releases on {target}", title_justify="left")
     for column in ("", "id", "image", "kind", "revision", "backup", "deployed", "by", "note"):
         table.add_column(column)
     for r in reversed(past.releases):
@@ -111,10 +113,11 @@ def lock() -> None:
 @pass_options
 def lock_status(opts: Options) -> None:
     """Who holds the deploy lock, since when, and whether it is abandoned."""
-    status = history.lock_status(opts.stack)
-    if opts.json:
-        print_json(status)
-    elif status.lock is None:
+    emit(opts, history.lock_status(opts.stack), _print_lock)
+
+
+def _print_lock(status: history.LockStatus) -> None:
+    if status.lock is None:
         out.print(f"not locked ({status.path} on {status.target})")
     else:
         stale = f" [abandoned: {status.stale}]" if status.stale else ""
@@ -124,11 +127,14 @@ def lock_status(opts: Options) -> None:
 @lock.command("release")
 @pass_options
 def lock_release(opts: Options) -> None:
-    """Remove the deploy lock whoever holds it (after a deploy that died)."""
+    """Remove the deploy lock whoever holds it (after a deploy that died); --json: the lock removed."""
     status = history.lock_status(opts.stack)
-    if status.lock is None:
-        err.print("not locked: nothing to release")
-        return
-    opts.confirm(f"remove the deploy lock held by {status.lock.describe()}?")
-    history.release_lock(opts.stack)
-    err.print(f"released the lock of {status.lock.holder}")
+    if status.lock is not None:
+        opts.confirm(f"remove the deploy lock held by {status.lock.describe()}?")
+        history.release_lock(opts.stack)
+    emit(opts, status, _print_released)
+
+
+def _print_released(status: history.LockStatus) -> None:
+    err.print(f"released the lock of {status.lock.holder}" if status.lock
+              else "not locked: nothing to release")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 from rich.table import Table
 
 from finaiflow_ops import host
@@ -20,18 +19,15 @@ def host_group() -> None:
 
 
 @host_group.command("setup")
-@click.option("--project-dir", "project_dir", default=None, metavar="DIR",
-              help="Also create this directory on the host (mode 0750); default: the global --project-dir "
-                   "when one is given.")
 @click.option("--wheel", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Install this finaiflow-ops wheel (default: built from this checkout).")
 @pass_options
-def host_setup(opts: Options, project_dir: str | None, wheel: Path | None) -> None:
-    """Prepare a Debian host over SSH: Docker engine, compose v2, cron, age, finaiflow-ops (idempotent)."""
-    if project_dir is None:
-        root = click.get_current_context().find_root()
-        if root.get_parameter_source("project_dir") is not ParameterSource.DEFAULT:
-            project_dir = opts.project_dir
+def host_setup(opts: Options, wheel: Path | None) -> None:
+    """Prepare a Debian host over SSH: Docker engine, compose v2, cron, age, finaiflow-ops (idempotent).
+
+    With --project-dir DIR (before or after the command), DIR is created on the host too (mode 0750).
+    """
+    project_dir = opts.project_dir if "project_dir" in opts.explicit else None
     opts.confirm(f"install what is missing of Docker, compose v2, cron, age and finaiflow-ops on "
                  f"{opts.target}, as root?")
     emit(opts, host.setup(opts.target, project_dir=project_dir, wheel=wheel, progress=progress), _print_setup)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 from rich.table import Table
 
@@ -12,7 +9,7 @@ from finaiflow_ops import logs as logs_
 from finaiflow_ops import monitoring
 from finaiflow_ops.cli.options import Options, emit, pass_options
 from finaiflow_ops.errors import CheckFailed
-from finaiflow_ops.output import jsonable, out
+from finaiflow_ops.output import out
 
 _COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
 
@@ -51,7 +48,11 @@ def _print_check(report: monitoring.CheckReport) -> None:
 
 def _print_lines(result: logs_.Logs) -> None:
     for line in result.lines:
-        out.print(line.text, markup=False, highlight=False)
+        _print_line(line)
+
+
+def _print_line(line: logs_.LogLine) -> None:
+    out.print(line.text, markup=False, highlight=False)
 
 
 @click.command("logs")
@@ -72,10 +73,6 @@ def logs(opts: Options, service: str | None, since: str | None, tail: int | None
         return
     try:
         for line in logs_.follow(opts.stack, service, since=when, tail=tail):
-            if opts.json:
-                sys.stdout.write(json.dumps(jsonable(line)) + "\n")
-                sys.stdout.flush()
-            else:
-                out.print(line.text, markup=False, highlight=False)
+            emit(opts, line, _print_line, line=True)
     except KeyboardInterrupt:
         pass

@@ -33,10 +33,7 @@ def stack_up(opts: Options, timeout: float, staging: bool, backend: str) -> None
         from finaiflow_ops import staging as staging_setup
 
         staging_setup.prepare(stack, progress=progress)
-    emit(opts, status, _print_status)
-    if not opts.json:
-        https = [u for u in status.urls if u.startswith("https://")]
-        out.print(f"serving at {https[0] if https else '(no HTTPS port published)'}")
+    emit(opts, status, _print_up)
 
 
 @stack.command("down")
@@ -61,6 +58,12 @@ def stack_status(opts: Options) -> None:
         raise CheckFailed(f"not healthy: {', '.join(sick)}", hint="see `finaiflow-ops stack up` or the logs")
 
 
+def _print_up(status: StackStatus) -> None:
+    _print_status(status)
+    https = [u for u in status.urls if u.startswith("https://")]
+    out.print(f"serving at {https[0] if https else '(no HTTPS port published)'}")
+
+
 def _print_status(status: StackStatus) -> None:
     table = Table(title=f"{status.project} on {status.target}", title_justify="left")
     for column in ("service", "container", "state", "health", "image", "ports"):
@@ -73,5 +76,3 @@ def _print_status(status: StackStatus) -> None:
             table.add_row(svc.name, c.name, f"[{colour}]{c.state}[/{colour}]", c.health, c.image,
                           ", ".join(c.ports))
     out.print(table)
-
-

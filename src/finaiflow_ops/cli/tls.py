@@ -7,7 +7,6 @@ where certbot and nginx run; the development CA is on this machine.
 from __future__ import annotations
 
 import functools
-import posixpath
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
@@ -90,10 +89,9 @@ def tls_install(opts: Options, lineage: str | None, cert_path: str | None, key_p
                              domains=domains, renew_window_days=acme.renew_window_days,
                              ca_files=[read(f, what="CA file") for f in acme.ca_files], progress=progress)
     else:
-        name = (domains or tls.configured_domains(stack.env) or ("",))[0]
-        lineage = lineage or posixpath.join(acme.state_dir(stack), "config", "live", name)
-        result = tls.install_lineage(stack, lineage, ca_files=acme.ca_files, domains=domains,
-                                     renew_window_days=acme.renew_window_days, progress=progress)
+        result = tls.install_lineage(stack, lineage or acme.lineage(stack, domains), ca_files=acme.ca_files,
+                                     domains=domains, renew_window_days=acme.renew_window_days,
+                                     progress=progress)
     emit(opts, result, _print_installed)
 
 
@@ -122,8 +120,7 @@ def tls_renew(opts: Options, dry_run: bool, force: bool, domain: str | None, acm
 def tls_schedule(opts: Options, remove: bool, kind: str, acme: tls.AcmeOptions) -> None:
     """Install (idempotently) or remove the twice-daily `tls renew` (with these options) on the target."""
     opts.confirm(f"{'remove' if remove else 'install'} the renewal schedule on {opts.target}?")
-    command = acme.ops_command or tls.acme.default_executable(opts.stack, "finaiflow-ops")
-    result = tls.schedule(opts.stack, ops_command=command, remove=remove, extra=acme.cli_args(),
+    result = tls.schedule(opts.stack, ops_command=acme.ops(opts.stack), remove=remove, extra=acme.cli_args(),
                           kind=cast("Literal['auto', 'cron', 'systemd']", kind))
     emit(opts, result, _print_schedule)
 
@@ -151,21 +148,11 @@ def tls_inspect(opts: Options, file: str) -> None:
 def tls_check(opts: Options, url: str | None, servername: str | None, ca_file: str | None, dev_ca: bool,
               insecure: bool, http_url: str | None, min_days: int, installed: bool | None) -> None:
     """Check a live HTTPS endpoint (default: the stack's): TLS 1.2+ only, certificate, HSTS, redirect."""
-    stack = opts.stack
-    from_stack = url is None
-    if url is None:
-        url = tls.published_url(stack, "https")
-        http_url = http_url or tls.published_url(stack, "http")
-        servername = servername or (tls.configured_domains(stack.env) or (None,))[0]
-        if not url:
-            raise UsageError(f"nginx publishes no HTTPS port on {opts.target}",
-                             hint="start the stack, or give URL")
     if dev_ca:
         ca_file = str(tls.ensure_dev_ca().cert_path)
-    compare = installed if installed is not None else from_stack
-    fingerprint = tls.read_installed(stack).fingerprint if compare else None
-    report = tls.check_endpoint(url, servername=servername, ca_file=ca_file, verify=not insecure,
-                                installed_fingerprint=fingerprint, http_url=http_url, min_days=min_days)
+    report = tls.check_stack_endpoint(opts.stack, url, servername=servername, http_url=http_url,
+                                      installed=installed, ca_file=ca_file, verify=not insecure,
+                                      min_days=min_days)
     emit(opts, report, _print_endpoint)
     if not report.ok:
         raise CheckFailed(f"{report.url} fails {len(report.problems)} TLS check(s): {report.problems[0]}",

@@ -36,6 +36,7 @@ from finaiflow_ops.tls.devca import (
     install_dev_certificate,
     issue_from_dev_ca,
 )
+from finaiflow_ops.tls.endpoint import check_stack_endpoint
 from finaiflow_ops.tls.install import (
     InstalledPair,
     InstallResult,
@@ -66,6 +67,7 @@ __all__ = [
     "Schedule",
     "Validation",
     "check_endpoint",
+    "check_stack_endpoint",
     "configured_domains",
     "covers",
     "deploy_hook",

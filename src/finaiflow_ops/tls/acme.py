@@ -81,6 +81,16 @@ class AcmeOptions:
     def state_dir(self, stack: Stack) -> str:
         return self.acme_dir or posixpath.join(stack.project_dir, "letsencrypt")
 
+    def lineage(self, stack: Stack, domains: Sequence[str] = ()) -> str:
+        """certbot's directory of a certificate on the target, STATE_DIR/config/live/NAME, NAME the
+        first of `domains`, else of the stack's (DOMAIN, then ALLOWED_HOSTS)."""
+        name = (tuple(domains) or configured_domains(stack.env) or ("",))[0]
+        return posixpath.join(self.state_dir(stack), "config", "live", name)
+
+    def ops(self, stack: Stack) -> str:
+        """finaiflow-ops on the target, as the deploy hook and the renewal schedule run it."""
+        return self.ops_command or default_executable(stack, "finaiflow-ops")
+
     def cli_args(self) -> list[str]:
         """These options as `finaiflow-ops tls` arguments, for commands run later on the target."""
         args = [f"--window={self.renew_window_days}"]
@@ -249,9 +259,8 @@ def webroot_path(stack: Stack) -> str:
 
 def deploy_hook(stack: Stack, options: AcmeOptions) -> str:
     """The shell command certbot runs after each renewal: our install, on the target itself."""
-    argv = [options.ops_command or default_executable(stack, "finaiflow-ops"),
-            "--target", "local://", "--project-dir", stack.project_dir, "--env-file", stack.env_path,
-            "--yes", "tls", "install", *options.cli_args()]
+    argv = [options.ops(stack), "--target", "local://", "--project-dir", stack.project_dir,
+            "--env-file", stack.env_path, "--yes", "tls", "install", *options.cli_args()]
     return shlex.join(argv) + ' --lineage "$RENEWED_LINEAGE"'
 
 
@@ -279,7 +288,7 @@ def default_executable(stack: Stack, name: str) -> str:
 
 
 def _lineage(stack: Stack, options: AcmeOptions, name: str) -> str:
-    lineage = f"{options.state_dir(stack)}/config/live/{name}"
+    lineage = options.lineage(stack, [name])
     if not stack.target.exists(f"{lineage}/fullchain.pem"):
         raise UsageError(f"no certificate for {name} in {lineage} on {stack.target}",
                          hint="issue one first: finaiflow-ops tls issue")
