@@ -1,14 +1,24 @@
-"""The errors finaiflow_ops raises, all under one root.
+"""The errors finaiflow_ops raises, all under one root, all defined here.
 
-    OpsError                       root; carries a one-line message and a hint (what to do)
-    ├── UsageError                 bad input: missing file, bad option, invalid value   (exit 2)
-    │   └── EnvFileError           a .env that is missing, unreadable or malformed
-    ├── TargetUnreachable          the target host or its Docker engine cannot be reached (exit 3)
-    ├── CommandFailed              a command on the target exited non-zero              (exit 1)
-    ├── CheckFailed                a check ran and found problems                      (exit 1)
-    └── HealthTimeout              a service did not become healthy before its deadline (exit 1)
+    OpsError                  root: a one-line message, a hint (what to do), and where it happened
+    ├── UsageError            bad input: missing file, bad option, invalid value         (exit 2)
+    │   ├── EnvFileError      a .env that is missing, unreadable or malformed
+    │   └── CertificateRejected   a certificate/key pair that fails validation; `problems`
+    ├── TargetUnreachable     the target host or its Docker engine cannot be reached      (exit 3)
+    ├── CommandFailed         a command on the target exited non-zero: argv, exit status  (exit 1)
+    │   └── DeployFailed      a deploy or rollback that was undone: traffic stayed where it was
+    ├── CheckFailed           a check ran and found problems; `problems`, one line each   (exit 1)
+    │   ├── VerifyFailed      a backup file failed verification; `path`
+    │   └── StaleBackups      prune refused: no verified backup recent enough
+    ├── HealthTimeout         a service did not become healthy before its deadline        (exit 1)
+    ├── DeployLocked          another deploy holds the lock of this stack                 (exit 1)
+    ├── BackupFailed          a backup could not be made; no file of it counts             (exit 1)
+    └── RestoreFailed         a restore stopped before the swap; the live database untouched (exit 1)
 
-Messages never contain secret values: callers name keys, files and services, never contents.
+Every error may say where it happened, as fields a caller (or a test) reads instead of parsing the
+message: `service`, `image`, `container`, and `log_tail` (the last lines of the output or log that
+explain it, secrets redacted). Messages never contain secret values: callers name keys, files and
+services, never contents. tests/unit/test_errors.py checks that this drawing is the real tree.
 """
 
 from __future__ import annotations
@@ -16,13 +26,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "BackupFailed",
+    "CertificateRejected",
     "CheckFailed",
     "CommandFailed",
+    "DeployFailed",
+    "DeployLocked",
     "EnvFileError",
     "HealthTimeout",
     "OpsError",
+    "RestoreFailed",
+    "StaleBackups",
     "TargetUnreachable",
     "UsageError",
+    "VerifyFailed",
 ]
 
 
@@ -31,10 +48,15 @@ class OpsError(Exception):
 
     exit_code: int = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, service: str | None = None,
+                 image: str | None = None, container: str | None = None, log_tail: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.service = service
+        self.image = image
+        self.container = container
+        self.log_tail = log_tail
 
     def one_line(self) -> str:
         """The message and the hint as a single line, for the last line on stderr."""
@@ -52,6 +74,14 @@ class EnvFileError(UsageError):
     """A .env file that is missing, unreadable or malformed."""
 
 
+class CertificateRejected(UsageError):
+    """A certificate/key pair that fails validation; `problems` says why, one line each."""
+
+    def __init__(self, message: str, *, problems: Sequence[str] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = tuple(problems)
+
+
 class TargetUnreachable(OpsError):
     """The target host, or the Docker engine that runs the stack, cannot be reached."""
 
@@ -59,7 +89,8 @@ class TargetUnreachable(OpsError):
 
 
 class CommandFailed(OpsError):
-    """A command on the target exited non-zero."""
+    """A command on the target exited non-zero. `output_tail` is its output's last lines (the
+    same text as `log_tail`)."""
 
     def __init__(
         self,
@@ -69,11 +100,23 @@ class CommandFailed(OpsError):
         exit_status: int | None = None,
         output_tail: str = "",
         hint: str | None = None,
+        service: str | None = None,
+        image: str | None = None,
+        container: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, service=service, image=image, container=container,
+                         log_tail=output_tail)
         self.argv = tuple(argv)
         self.exit_status = exit_status
-        self.output_tail = output_tail
+
+    @property
+    def output_tail(self) -> str:
+        return self.log_tail
+
+
+class DeployFailed(CommandFailed):
+    """A deploy or rollback that could not complete and was undone: traffic stayed where it was.
+    `container` names the container that failed, `log_tail` its last log lines (secrets redacted)."""
 
 
 class CheckFailed(OpsError):
@@ -84,5 +127,30 @@ class CheckFailed(OpsError):
         self.problems = tuple(problems)
 
 
+class VerifyFailed(CheckFailed):
+    """A backup file failed verification: it is not a backup anyone should restore."""
+
+    def __init__(self, path: str, problems: Sequence[str], *, hint: str | None = None) -> None:
+        super().__init__(f"{path} failed verification: {problems[0]}", problems=problems,
+                         hint=hint or "do not restore it; take a new backup (finaiflow-ops backup create)")
+        self.path = path
+
+
+class StaleBackups(CheckFailed):
+    """Prune refused: deleting old backups while new ones fail would leave nothing to restore."""
+
+
 class HealthTimeout(OpsError):
     """A service or container did not become healthy before its deadline."""
+
+
+class DeployLocked(OpsError):
+    """Another deploy holds the lock of this stack."""
+
+
+class BackupFailed(OpsError):
+    """A backup could not be made; no file of it counts as a backup."""
+
+
+class RestoreFailed(OpsError):
+    """A restore stopped before the swap: the live database was not touched."""

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from finaiflow_ops.errors import CommandFailed, OpsError, UsageError
+from finaiflow_ops.errors import CommandFailed, DeployLocked, UsageError
 from finaiflow_ops.stack import Stack
 
 __all__ = [
@@ -56,10 +56,6 @@ _WRITE = 'mkdir -p -- "${2%/*}" && printf "%s" "$1" >"$2.tmp.$$" && mv -f -- "$2
 _CREATE = 'mkdir -p -- "${2%/*}" && set -C && printf "%s" "$1" >"$2"'  # noclobber: O_EXCL, atomic
 _APPEND = 'mkdir -p -- "${2%/*}" && printf "%s\\n" "$1" >>"$2"'
 _REMOVE_IF = '[ "$(cat -- "$2" 2>/dev/null)" = "$1" ] && rm -f -- "$2"'
-
-
-class DeployLocked(OpsError):
-    """Another deploy holds the lock of this stack."""
 
 
 def who() -> str:

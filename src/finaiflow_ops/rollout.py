@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from finaiflow_ops import envfile, releases
-from finaiflow_ops.errors import CommandFailed, OpsError, UsageError
+from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError, UsageError
 from finaiflow_ops.proxy import DEFAULT_PROXY, KEEPALIVE_LEAD, Proxy, Reload, Upstream
 from finaiflow_ops.releases import Release
 from finaiflow_ops.stack import ContainerInfo, Stack
@@ -85,11 +85,6 @@ _REVISIONS_PY = (
     "s = ScriptDirectory.from_config(Config('alembic.ini')); "
     "print(' '.join(s.get_heads())); print(' '.join(r.revision for r in s.walk_revisions()))"
 )
-
-
-class DeployFailed(CommandFailed):
-    """A deploy or rollback that could not complete and was undone: traffic stayed where it was.
-    `output_tail` holds the last log lines of the container that failed (secrets redacted)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from finaiflow_ops.errors import UsageError
+from finaiflow_ops.errors import CertificateRejected
 
 __all__ = [
     "DEFAULT_RENEW_WINDOW_DAYS",
@@ -50,14 +50,6 @@ PrivateKey = (
     rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
     | dsa.DSAPrivateKey
 )
-
-
-class CertificateRejected(UsageError):
-    """A certificate/key pair that fails validation; `problems` says why, one line each."""
-
-    def __init__(self, message: str, *, problems: Sequence[str] = (), hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.problems = tuple(problems)
 
 
 @dataclass(frozen=True)
