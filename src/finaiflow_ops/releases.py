@@ -16,7 +16,6 @@ import contextlib
 import getpass
 import json
 import os
-import posixpath
 import secrets
 import socket
 from collections.abc import Callable, Iterator
@@ -25,9 +24,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from finaiflow_ops.errors import CommandFailed, DeployLocked, UsageError
-from finaiflow_ops.stack import Stack
+from finaiflow_ops.project import STATE_DIR, Project
 
 __all__ = [
+    "STATE_DIR",
     "DeployLocked",
     "History",
     "Lock",
@@ -43,7 +43,6 @@ __all__ = [
     "write_state",
 ]
 
-STATE_DIR = ".finaiflow"
 KEEP_RELEASES = 50  # per service; older records are dropped (their images may be long gone)
 LOCK_MAX_AGE = 30 * 60.0  # a deploy takes minutes at most: a lock this old was abandoned
 
@@ -66,11 +65,11 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _state_path(stack: Stack, name: str) -> str:
-    return posixpath.join(stack.project_dir, STATE_DIR, name)
+def _state_path(stack: Project, name: str) -> str:
+    return stack.state_path(name)
 
 
-def read_state(stack: Stack, name: str) -> str | None:
+def read_state(stack: Project, name: str) -> str | None:
     """The text of a state file, None when it does not exist."""
     result = stack.target.run("sh", "-c", _READ, "sh", _state_path(stack, name), check=False)
     if result.exit_status == 3:
@@ -81,7 +80,7 @@ def read_state(stack: Stack, name: str) -> str | None:
     return result.stdout
 
 
-def write_state(stack: Stack, name: str, text: str) -> None:
+def write_state(stack: Project, name: str, text: str) -> None:
     """Replace a state file atomically."""
     stack.target.run("sh", "-c", _WRITE, "sh", text, _state_path(stack, name))
 
@@ -150,7 +149,7 @@ class History:
         return max((r.id for r in self.releases), default=0) + 1
 
 
-def _load_all(stack: Stack) -> dict[str, Any]:
+def _load_all(stack: Project) -> dict[str, Any]:
     text = read_state(stack, "releases.json")
     if not text:
         return {"services": {}}
@@ -162,14 +161,14 @@ def _load_all(stack: Stack) -> dict[str, Any]:
     return data
 
 
-def history(stack: Stack, service: str) -> History:
+def history(stack: Project, service: str) -> History:
     """The release history of `service` on the stack's target."""
     entry = _load_all(stack).get("services", {}).get(service, {})
     releases = tuple(Release.from_json(r) for r in entry.get("releases", ()))
     return History(service, entry.get("current"), releases)
 
 
-def record(stack: Stack, release: Release) -> Release:
+def record(stack: Project, release: Release) -> Release:
     """Append `release` to its service's history as the current one; returns it with its id.
     Call it holding the deploy lock: the read-modify-write is not atomic by itself."""
     data = _load_all(stack)
@@ -187,7 +186,7 @@ def record(stack: Stack, release: Release) -> Release:
 # -- audit log ----------------------------------------------------------------------------------------
 
 
-def audit(stack: Stack, action: str, **details: Any) -> None:
+def audit(stack: Project, action: str, **details: Any) -> None:
     """Append one JSON line to the audit log: when, who, what, and its details."""
     line = json.dumps({"time": now(), "by": who(), "pid": os.getpid(), "action": action, **details},
                       default=str, sort_keys=False)
@@ -252,7 +251,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_lock(stack: Stack) -> tuple[Lock | None, str]:
+def _read_lock(stack: Project) -> tuple[Lock | None, str]:
     text = read_state(stack, "deploy.lock")
     if text is None:
         return None, ""
@@ -264,13 +263,13 @@ def _read_lock(stack: Stack) -> tuple[Lock | None, str]:
         return Lock("unknown", "", 0, "1970-01-01T00:00:00+00:00", "unreadable lock file"), text
 
 
-def lock_status(stack: Stack) -> LockStatus:
+def lock_status(stack: Project) -> LockStatus:
     lock, _ = _read_lock(stack)
     return LockStatus(str(stack.target), _state_path(stack, "deploy.lock"),
                       replace(lock, token="") if lock else None, lock.stale_reason() if lock else "")
 
 
-def acquire(stack: Stack, command: str, *, progress: Progress | None = None,
+def acquire(stack: Project, command: str, *, progress: Progress | None = None,
             max_age: float = LOCK_MAX_AGE) -> Lock:
     """Take the deploy lock or fail fast naming its holder; an abandoned lock is taken over."""
     mine = Lock(who(), socket.gethostname(), os.getpid(), now(), command, secrets.token_hex(8))
@@ -294,14 +293,14 @@ def acquire(stack: Stack, command: str, *, progress: Progress | None = None,
                        hint="another deploy is taking it at the same time; try again")
 
 
-def release(stack: Stack, lock: Lock) -> None:
+def release(stack: Project, lock: Lock) -> None:
     """Give our lock back (only ours: the token must match)."""
     held, text = _read_lock(stack)
     if held is not None and held.token == lock.token:
         stack.target.run("sh", "-c", _REMOVE_IF, "sh", text, _state_path(stack, "deploy.lock"), check=False)
 
 
-def release_lock(stack: Stack) -> Lock | None:
+def release_lock(stack: Project) -> Lock | None:
     """Remove the lock whoever holds it (`lock release`, after a crash); returns what was removed."""
     held, text = _read_lock(stack)
     if held is not None:
@@ -311,7 +310,7 @@ def release_lock(stack: Stack) -> Lock | None:
 
 
 @contextlib.contextmanager
-def deploy_lock(stack: Stack, command: str, *, progress: Progress | None = None) -> Iterator[Lock]:
+def deploy_lock(stack: Project, command: str, *, progress: Progress | None = None) -> Iterator[Lock]:
     """Hold the deploy lock for the duration of the block (released on error too; a SIGKILL
     leaves it behind, and the next command takes it over since its process is gone)."""
     lock = acquire(stack, command, progress=progress)

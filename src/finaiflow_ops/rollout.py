@@ -232,17 +232,7 @@ def set_env_value(stack: Stack, key: str, value: str) -> bool:
 def compose_with(stack: Stack, env: Mapping[str, str], *args: str,
                  timeout: float | None = None) -> CommandResult:
     """`docker compose` for the stack with extra environment variables (they win over .env)."""
-    argv = ("env", *(f"{k}={v}" for k, v in env.items()), "docker", "compose",
-            "--project-directory", stack.project_dir, "-f", stack.compose_path, "--env-file", stack.env_path,
-            "-p", stack.project, *args)  # fmt: skip
-    result = stack.target.run(*argv, check=False, timeout=timeout)
-    if not result.ok:
-        tail = envfile.redact(result.stderr or result.stdout, stack.env).strip()
-        raise CommandFailed(f"docker compose {args[0] if args else ''} failed on {stack.target} "
-                            f"(exit {result.exit_status})" + (f": {tail.splitlines()[-1]}" if tail else ""),
-                            argv=argv, exit_status=result.exit_status,
-                            output_tail="\n".join(tail.splitlines()[-20:]))
-    return result
+    return stack.compose(*args, env=env, timeout=timeout)
 
 
 def available_images(stack: Stack, service: str) -> list[str]:
@@ -257,8 +247,7 @@ def available_images(stack: Stack, service: str) -> list[str]:
 
 def image_variable(stack: Stack, service: str) -> str:
     """The .env key the service's image comes from (`image: ${API_IMAGE:-...}` gives API_IMAGE)."""
-    return _image_variable(json.loads(stack.compose("config", "--no-interpolate", "--format", "json").stdout),
-                           service)
+    return _image_variable(stack.raw_config(), service)
 
 
 def _image_variable(raw_config: Mapping[str, Any], service: str) -> str:

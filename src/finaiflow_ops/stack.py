@@ -9,17 +9,16 @@ and the containers of the swarm's tasks on this engine are found like compose's.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
 from finaiflow_ops import envfile
-from finaiflow_ops.errors import CommandFailed, EnvFileError, UsageError
-from finaiflow_ops.target import CommandResult, Target
+from finaiflow_ops.errors import CommandFailed, UsageError
+from finaiflow_ops.project import Project
+from finaiflow_ops.target import CommandResult
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ContainerInfo", "ServiceStatus", "Stack", "StackStatus"]
 
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-DEFAULT_PROJECT = "finaiflow"
 _PROJECT_LABEL = "com.docker.compose.project"
 _SERVICE_LABEL = "com.docker.compose.service"
 _ONEOFF_LABEL = "com.docker.compose.oneoff"
@@ -106,94 +103,10 @@ class StackStatus:
 
 
 @dataclass(frozen=True)
-class Stack:
-    """A compose project (directory, compose file, .env) on a target."""
+class Stack(Project):
+    """A compose project on a target, run by one of the backends (compose or swarm)."""
 
-    target: Target
-    project_dir: str
-    compose_file: str | None = None  # default: the first of COMPOSE_FILES present
-    env_file: str | None = None  # default: PROJECT_DIR/.env
     backend: str = "auto"  # compose | swarm | auto: what the target runs, else swarm on a swarm manager
-
-    # -- files ----------------------------------------------------------------------------------
-
-    @cached_property
-    def compose_path(self) -> str:
-        if self.compose_file:
-            path = posixpath.join(self.project_dir, self.compose_file)
-            if not self.target.exists(path):
-                raise UsageError(f"no compose file at {path} on {self.target}", hint="check --project-dir")
-            return path
-        for name in COMPOSE_FILES:
-            path = posixpath.join(self.project_dir, name)
-            if self.target.exists(path):
-                return path
-        raise UsageError(
-            f"no compose file ({COMPOSE_FILES[0]}) in {self.project_dir} on {self.target}",
-            hint="point --project-dir at the stack directory (the reference stack is stack/ in the repo)",
-        )
-
-    @property
-    def env_path(self) -> str:
-        return self.env_file or posixpath.join(self.project_dir, ".env")
-
-    @cached_property
-    def env(self) -> dict[str, str]:
-        """The stack's .env, read from the target (values are secrets: never print them)."""
-        if not self.target.exists(self.env_path):
-            raise EnvFileError(
-                f"no .env at {self.env_path} on {self.target}",
-                hint=f"create one with: finaiflow-ops --project-dir {self.project_dir} env generate",
-            )
-        return envfile.parse(self.target.read_text(self.env_path))
-
-    def load_env(self) -> envfile.EnvFile:
-        """The .env with its permission bits, read through the target (for production checks)."""
-        values = self.env
-        mode = int(self.target.run("stat", "-c", "%a", "--", self.env_path).stdout.strip(), 8)
-        return envfile.EnvFile(path=PurePosixPath(self.env_path), values=values, mode=mode)
-
-    @property
-    def project(self) -> str:
-        return self.env.get("COMPOSE_PROJECT_NAME") or DEFAULT_PROJECT
-
-    # -- compose CLI ----------------------------------------------------------------------------
-
-    def compose(self, *args: str, check: bool = True, timeout: float | None = None) -> CommandResult:
-        """Run `docker compose` for this project on the target."""
-        argv = (
-            "docker", "compose", "--project-directory", self.project_dir, "-f", self.compose_path,
-            "--env-file", self.env_path, "-p", self.project, *args,
-        )  # fmt: skip
-        try:
-            return self.target.run(*argv, check=check, timeout=timeout)
-        except CommandFailed as exc:
-            detail = envfile.redact(exc.output_tail, self.env).strip().splitlines()
-            raise CommandFailed(
-                f"docker compose {args[0] if args else ''} failed on {self.target}"
-                + (f": {detail[-1]}" if detail else ""),
-                argv=argv,
-                exit_status=exc.exit_status,
-                output_tail=envfile.redact(exc.output_tail, self.env),
-            ) from None
-
-    @cached_property
-    def config(self) -> dict[str, Any]:
-        """The compose file as compose resolves it with this .env (contains secrets: never print)."""
-        parsed: dict[str, Any] = json.loads(self.compose("config", "--format", "json").stdout)
-        return parsed
-
-    def services(self) -> list[str]:
-        """The services the compose file defines."""
-        return list(self.config.get("services", {}))
-
-    def images(self) -> dict[str, str]:
-        """Service -> image reference."""
-        return {name: svc.get("image", "") for name, svc in self.config.get("services", {}).items()}
-
-    def dependencies(self, service: str) -> list[str]:
-        """The services `service` depends on."""
-        return sorted((self.config["services"].get(service, {}).get("depends_on") or {}).keys())
 
     # -- backend --------------------------------------------------------------------------------
 

@@ -197,31 +197,11 @@ class Swarm:
                 f"no {SWARM_FILE} in {self.stack.project_dir} on {self.stack.target}",
                 hint=f"copy stack/{SWARM_FILE} of the repository beside the compose file",
             )
-        argv = (
-            "docker",
-            "compose",
-            "--project-directory",
-            self.stack.project_dir,
-            "-f",
-            self.stack.compose_path,
-            "-f",
-            swarm_file,
-            "--env-file",
-            self.stack.env_path,
-            "-p",
-            self.project,
-            "config",
-            "--format",
-            "json",
+        result = self.stack.compose(
+            "config", "--format", "json", files=(SWARM_FILE,),
+            failure="the compose and swarm files do not resolve",
+            hint="check compose.yaml, swarm.yaml and .env",
         )
-        try:
-            result = self.stack.target.run(*argv)
-        except CommandFailed as exc:
-            detail = envfile.redact(exc.output_tail, self.stack.env).strip().splitlines()
-            raise CommandFailed(
-                f"the compose and swarm files do not resolve: {detail[-1] if detail else ''}",
-                hint="check compose.yaml, swarm.yaml and .env",
-            ) from None
         parsed: dict[str, Any] = json.loads(result.stdout)
         return parsed
 
@@ -232,7 +212,7 @@ class Swarm:
         from finaiflow_ops import releases
 
         releases.write_state(self.stack, STACK_FILE, json.dumps(stack, indent=2) + "\n")
-        return posixpath.join(self.stack.project_dir, releases.STATE_DIR, STACK_FILE)
+        return self.stack.state_path(STACK_FILE)
 
     def ensure_secrets(self, spec: SwarmSpec) -> list[str]:
         """Create the secrets the spec needs and the engine does not have yet; their names."""
