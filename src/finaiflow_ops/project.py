@@ -18,11 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from finaiflow_ops import envfile
 from finaiflow_ops.errors import CommandFailed, EnvFileError, UsageError
 from finaiflow_ops.target import CommandResult, Target
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 __all__ = ["COMPOSE_FILES", "DEFAULT_PROJECT", "STATE_DIR", "Project"]
 
@@ -107,8 +110,9 @@ class Project:
 
     # -- the compose command line -----------------------------------------------------------------
 
-    def compose_argv(self, *args: str, files: Sequence[str] = (),
-                     env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    def compose_argv(
+        self, *args: str, files: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> tuple[str, ...]:
         """`docker compose` for this project (with `files` after the compose file, and `env` set in
         the command's environment, where it wins over the .env)."""
         extra = tuple(arg for f in files for arg in ("-f", self.path(f)))
@@ -117,9 +121,16 @@ class Project:
                 "-f", self.compose_path, *extra, "--env-file", self.env_path, "-p", self.name,
                 *args)  # fmt: skip
 
-    def compose(self, *args: str, files: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                check: bool = True, timeout: float | None = None, failure: str | None = None,
-                hint: str | None = None) -> CommandResult:
+    def compose(
+        self,
+        *args: str,
+        files: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        failure: str | None = None,
+        hint: str | None = None,
+    ) -> CommandResult:
         """Run `docker compose ARGS` for this project on the target. With `check`, a failure raises
         CommandFailed: `failure` (default: which compose command failed where) and the last line of
         its output, the output's last lines as output_tail, secrets redacted."""
@@ -129,14 +140,22 @@ class Project:
             result = self.target.run(*argv, check=False, timeout=timeout)
         except CommandFailed as exc:  # it did not finish (a timeout)
             tail = self.redact(exc.output_tail).strip().splitlines()
-            raise CommandFailed(f"{what}: {tail[-1] if tail else exc.message}", argv=argv,
-                                exit_status=exc.exit_status, output_tail="\n".join(tail[-_TAIL_LINES:]),
-                                hint=hint) from None
+            raise CommandFailed(
+                f"{what}: {tail[-1] if tail else exc.message}",
+                argv=argv,
+                exit_status=exc.exit_status,
+                output_tail="\n".join(tail[-_TAIL_LINES:]),
+                hint=hint,
+            ) from None
         if check and not result.ok:
             tail = self.redact(result.stderr or result.stdout).strip().splitlines()
-            raise CommandFailed(f"{what} (exit {result.exit_status})" + (f": {tail[-1]}" if tail else ""),
-                                argv=argv, exit_status=result.exit_status,
-                                output_tail="\n".join(tail[-_TAIL_LINES:]), hint=hint)
+            raise CommandFailed(
+                f"{what} (exit {result.exit_status})" + (f": {tail[-1]}" if tail else ""),
+                argv=argv,
+                exit_status=result.exit_status,
+                output_tail="\n".join(tail[-_TAIL_LINES:]),
+                hint=hint,
+            )
         return result
 
     @cached_property
@@ -162,3 +181,32 @@ class Project:
     def dependencies(self, service: str) -> list[str]:
         """The services `service` depends on."""
         return sorted((self.config["services"].get(service, {}).get("depends_on") or {}).keys())
+
+    # -- containers of the project, through the engine ---------------------------------------------
+
+    def logs(self, container_id: str, *, tail: int = 30) -> str:
+        """The last lines of a container's log, secrets redacted."""
+        raw: Any = self.target.docker().containers.get(container_id).logs(tail=tail, timestamps=False)
+        return self.redact(raw.decode(errors="replace"))
+
+    def exec_in(
+        self, container: Container, service: str, argv: Sequence[str], *, user: str = "", check: bool = True
+    ) -> CommandResult:
+        """Run a command inside `container` (of `service`); with `check`, CommandFailed on failure."""
+        code, streams = container.exec_run(list(argv), user=user, demux=True)
+        out, err = cast("tuple[bytes | None, bytes | None]", streams)
+        result = CommandResult(
+            tuple(argv),
+            code or 0,
+            (out or b"").decode(errors="replace"),
+            (err or b"").decode(errors="replace"),
+        )
+        if check and not result.ok:
+            raise CommandFailed(
+                f"`{' '.join(argv[:3])}` failed in {service} (exit {result.exit_status})",
+                argv=argv,
+                exit_status=result.exit_status,
+                output_tail=self.redact(result.stderr or result.stdout),
+                service=service,
+            )
+        return result

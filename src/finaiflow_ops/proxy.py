@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from finaiflow_ops import envfile
 from finaiflow_ops.errors import CheckFailed, CommandFailed, UsageError
-from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import CommandResult
 
 __all__ = ["DEFAULT_PROXY", "SWITCHING_FLAG", "Drain", "Proxy", "Reload", "Upstream", "parse_upstream"]
@@ -123,11 +124,22 @@ class Drain:
         return not self.left
 
 
+class Execs(Protocol):
+    """What the proxy needs of a stack: a command in a service's container, and the .env (to
+    redact). A Stack is one, and so is the compose backend."""
+
+    @property
+    def env(self) -> Mapping[str, str]: ...
+    def exec(
+        self, service: str, argv: Sequence[str], *, user: str = "", check: bool = True
+    ) -> CommandResult: ...
+
+
 @dataclass(frozen=True)
 class Proxy:
     """The nginx service of a stack, driven through `docker exec` in its container."""
 
-    stack: Stack
+    stack: Execs
     service: str = DEFAULT_PROXY
 
     def path(self, upstream: str) -> str:

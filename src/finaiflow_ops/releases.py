@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
 import json
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from finaiflow_ops import envfile
 from finaiflow_ops.errors import CommandFailed, DeployLocked, UsageError
 from finaiflow_ops.project import STATE_DIR, Project
 
@@ -34,6 +36,7 @@ __all__ = [
     "LockStatus",
     "Release",
     "audit",
+    "config_hash",
     "deploy_lock",
     "history",
     "lock_status",
@@ -83,6 +86,15 @@ def read_state(stack: Project, name: str) -> str | None:
 def write_state(stack: Project, name: str, text: str) -> None:
     """Replace a state file atomically."""
     stack.target.run("sh", "-c", _WRITE, "sh", text, _state_path(stack, name))
+
+
+def config_hash(service_config: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """What says whether a service's configuration changed between two releases: its resolved
+    config without the image (that is the release itself) and the build section, secret values
+    replaced, hashed."""
+    config = {k: v for k, v in service_config.items() if k not in ("image", "build")}
+    text = envfile.redact(json.dumps(config, sort_keys=True), env)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # -- release history --------------------------------------------------------------------------------
@@ -147,6 +159,11 @@ class History:
 
     def next_id(self) -> int:
         return max((r.id for r in self.releases), default=0) + 1
+
+    def appended(self, release: Release) -> History:
+        """This history with `release` recorded as the current one (what `record` would write)."""
+        added = replace(release, id=self.next_id())
+        return replace(self, current=added.id, releases=(*self.releases, added))
 
 
 def _load_all(stack: Project) -> dict[str, Any]:

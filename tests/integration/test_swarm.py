@@ -21,9 +21,9 @@ import pytest
 from loadtests.gate import traffic
 
 from finaiflow_ops import envfile
+from finaiflow_ops.backends.swarm.cluster import Swarm
 from finaiflow_ops.monitoring import Prometheus
 from finaiflow_ops.stack import Stack
-from finaiflow_ops.swarm.cluster import Swarm
 from finaiflow_ops.target import Target
 from tests.rollout_support import BROKEN, NOTE_MIGRATION, build_image, built, failures, remove_image
 from tests.swarm_support import Cluster, cli, free_port, make_project, ok, swarm_cluster

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from loadtests.gate import Sample, in_flight_at, percentile, window
 
+from finaiflow_ops.backends.compose.state import ServiceState as _State
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.proxy import Upstream, parse_upstream
 from finaiflow_ops.releases import History, Lock, Release
-from finaiflow_ops.rollout import _previous_other, _State, parse_duration, sed_set_line
+from finaiflow_ops.rollout import _previous_other, parse_duration, sed_set_line
 from finaiflow_ops.stack import ContainerInfo
 
 # -- nginx upstream files ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from finaiflow_ops.swarm.spec import convert, secret_for
+from finaiflow_ops.backends.swarm.spec import convert, secret_for
 
 SECRET = "s3cr3t-value-that-must-not-leak-0123456789"
 CONFIG: dict[str, Any] = {

@@ -1,12 +1,12 @@
 """Which task a stalled swarm update waits on: a new task of the target image, not yet started,
-on a node that went down (swarm/rollout.stalled_task)."""
+on a node that went down (backends/swarm/update.stalled_task)."""
 
 from __future__ import annotations
 
 import pytest
 
-from finaiflow_ops.swarm.cluster import Task
-from finaiflow_ops.swarm.rollout import stalled_task
+from finaiflow_ops.backends.swarm.cluster import Task
+from finaiflow_ops.backends.swarm.update import stalled_task
 
 NEW, OLD = "finaiflow/api:1.1.0", "finaiflow/api:1.0.0"
 

@@ -107,20 +107,13 @@ class Database:
         where = f"postgres of {stack.project} on {stack.target}"
         user = stack.env.get("POSTGRES_USER", "postgres")
         database = name or stack.env.get("POSTGRES_DB", user)
-        if stack.swarm is not None:  # the postgres task, on whichever node runs it
-            try:
-                docker, container_id, task = stack.swarm.running_container("postgres")
-            except UsageError as exc:
-                raise BackupFailed(f"the database is not running ({where}): {exc.message}",
-                                   hint=exc.hint) from None
-            where = f"postgres of swarm stack {stack.project} on node {stack.swarm.node_name(task.node_id)}"
-            return cls(stack.target, container_id, user, database, where, stack.env, docker=tuple(docker))
-        try:
-            container = stack.container("postgres")
-        except UsageError:
-            raise BackupFailed(f"the database is not running ({where})",
-                               hint="start it: finaiflow-ops stack up") from None
-        return cls(stack.target, container.id or container.name or "", user, database, where, stack.env)
+        try:  # the running postgres container (on a swarm: its task's, on whichever node runs it)
+            located = stack.runtime.locate("postgres")
+        except UsageError as exc:
+            raise BackupFailed(f"the database is not running ({where}): {exc.message}",
+                               hint=exc.hint) from None
+        return cls(stack.target, located.container_id, user, database, located.where, stack.env,
+                   docker=located.docker)
 
     def named(self, name: str) -> Database:
         """The same server, another database."""

@@ -13,12 +13,17 @@ from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.output import err, out
 
 _timeouts = [
-    click.option("--health-timeout", default=rollout.HEALTH_TIMEOUT, show_default=True,
-                 type=click.FloatRange(1), help="Seconds the new containers have to become healthy."),
-    click.option("--drain-timeout", default=rollout.DRAIN_TIMEOUT, show_default=True,
-                 type=click.FloatRange(0), help="Seconds old nginx workers get to finish their requests."),
+    click.option("--health-timeout", default=None, type=click.FloatRange(1),
+                 help="Seconds the new release has to prove it serves [compose: "
+                      f"{rollout.HEALTH_TIMEOUT:.0f}, the gate of the new containers; swarm: the gate after "
+                      "the engine's update, convergence then /health through nginx]."),
+    click.option("--drain-timeout", default=None, type=click.FloatRange(0),
+                 help="Seconds old nginx workers get to finish their requests [compose: "
+                      f"{rollout.DRAIN_TIMEOUT:.0f}; refused on swarm, where the engine stops old tasks "
+                      "after their stop_grace_period]."),
     click.option("--no-migrate", "no_migrate", is_flag=True,
-                 help="The service has no Alembic migrations: run none, record no revision."),
+                 help="The service has no Alembic migrations: run none, record no revision, check no "
+                      "schema."),
 ]
 
 
@@ -38,8 +43,9 @@ def _with_timeouts(command: click.decorators.FC) -> click.decorators.FC:
 @_with_timeouts
 @pass_options
 def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: int | None, no_backup: bool,
-           health_timeout: float, drain_timeout: float, no_migrate: bool) -> None:
-    """Rolling update of SERVICE to IMAGE: new containers beside the old, health-gated, drained."""
+           health_timeout: float | None, drain_timeout: float | None, no_migrate: bool) -> None:
+    """Rolling update of SERVICE to IMAGE, health-gated (compose: new containers beside the old, nginx
+    switched, drained; swarm: the engine's rolling update, then /health through nginx)."""
     if show_plan:
         steps = rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
                              migrate=not no_migrate, health_timeout=health_timeout,
@@ -64,8 +70,8 @@ def _print_plan(steps: rollout.Plan, *, service: str, image: str, target: str) -
               help="A release id (see `releases`) or an image [the previous release].")
 @_with_timeouts
 @pass_options
-def rollback(opts: Options, service: str, to: str | None, health_timeout: float, drain_timeout: float,
-             no_migrate: bool) -> None:
+def rollback(opts: Options, service: str, to: str | None, health_timeout: float | None,
+             drain_timeout: float | None, no_migrate: bool) -> None:
     """Back to the previous (or a named) release of SERVICE, through the same zero-downtime path."""
     emit(opts, rollout.rollback(opts.stack, service, to=to, confirm=opts.confirm, migrate=not no_migrate,
                                 health_timeout=health_timeout, drain_timeout=drain_timeout,

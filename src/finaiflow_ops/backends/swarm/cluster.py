@@ -11,23 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import posixpath
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from finaiflow_ops import envfile
+from finaiflow_ops import polling, releases
+from finaiflow_ops.backends.swarm.spec import SwarmSpec, convert
+from finaiflow_ops.backends.swarm.views import ServiceView
 from finaiflow_ops.errors import CommandFailed, HealthTimeout, UsageError
-from finaiflow_ops.stack import ContainerInfo, ServiceStatus, Stack, StackStatus
-from finaiflow_ops.swarm.spec import SwarmSpec, convert
+from finaiflow_ops.images import require_images
+from finaiflow_ops.progress import Progress, or_quiet
+from finaiflow_ops.project import Project
+from finaiflow_ops.status import ContainerInfo, ServiceStatus, StackStatus
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
     from docker.models.services import Service
 
-__all__ = ["DB_LABEL", "HOST_LABEL", "Swarm", "Task", "engine_state", "spec_image"]
+__all__ = ["DB_LABEL", "HOST_LABEL", "Swarm", "Task", "engine_state"]
 
 SWARM_FILE = "swarm.yaml"
 STACK_FILE = "swarm-stack.json"  # in PROJECT_DIR/.finaiflow: the deployed file, no secret in it
@@ -35,10 +38,9 @@ NAMESPACE_LABEL = "com.docker.stack.namespace"
 DB_LABEL = "finaiflow.db"
 HOST_LABEL = "finaiflow.docker-host"
 _DATA_SERVICES = ("postgres", "redis")
-Progress = Callable[[str], None]
 
 
-def engine_state(stack: Stack) -> tuple[bool, bool]:
+def engine_state(stack: Project) -> tuple[bool, bool]:
     """(in a swarm, a manager) for the target's engine; (False, False) when `docker info` fails
     (the engine's own error then comes from whatever needs it). The CLI through Target.run: an
     unreachable ssh target fails as every other command does, in one line."""
@@ -71,9 +73,9 @@ class Task:
 
 
 class Swarm:
-    """The stack of `stack` (same project directory, .env and name) on the swarm of its target."""
+    """The project `stack` (same directory, .env and name) as a swarm stack on its target's swarm."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Project) -> None:
         self.stack = stack
         self._node_clients: dict[str, Any] = {}
 
@@ -116,6 +118,10 @@ class Swarm:
                 hint="deploy it: finaiflow-ops stack up",
             ) from None
         return found
+
+    def view(self, name: str) -> ServiceView:
+        """The service's spec and update status, typed."""
+        return ServiceView.from_attrs(self.service(name).attrs)
 
     def tasks(self, service: str, *, desired: str | None = "running") -> list[Task]:
         svc = self.service(service)
@@ -191,14 +197,17 @@ class Swarm:
 
     def config(self) -> dict[str, Any]:
         """compose.yaml + swarm.yaml as `docker compose config` resolves them with the .env."""
-        swarm_file = posixpath.join(self.stack.project_dir, SWARM_FILE)
+        swarm_file = self.stack.path(SWARM_FILE)
         if not self.stack.target.exists(swarm_file):
             raise UsageError(
                 f"no {SWARM_FILE} in {self.stack.project_dir} on {self.stack.target}",
                 hint=f"copy stack/{SWARM_FILE} of the repository beside the compose file",
             )
         result = self.stack.compose(
-            "config", "--format", "json", files=(SWARM_FILE,),
+            "config",
+            "--format",
+            "json",
+            files=(SWARM_FILE,),
             failure="the compose and swarm files do not resolve",
             hint="check compose.yaml, swarm.yaml and .env",
         )
@@ -209,8 +218,6 @@ class Swarm:
         return convert(self.config(), self.project)
 
     def write_stack_file(self, stack: dict[str, Any]) -> str:
-        from finaiflow_ops import releases
-
         releases.write_state(self.stack, STACK_FILE, json.dumps(stack, indent=2) + "\n")
         return self.stack.state_path(STACK_FILE)
 
@@ -284,15 +291,11 @@ class Swarm:
 
     def up(self, *, timeout: float = 300.0, progress: Progress | None = None) -> StackStatus:
         """Deploy the stack: data services first, migrations as a swarm job, then everything."""
-        say = progress or (lambda _msg: None)
+        say = or_quiet(progress)
         self.require_manager()
-        missing = self.stack.missing_images()
-        if missing:
-            listed = ", ".join(f"{img} ({svc})" for svc, img in sorted(missing.items()))
-            raise UsageError(
-                f"images missing on {self.stack.target}: {listed}",
-                hint="build them (on this machine: sudo scripts/provision); every node needs them",
-            )
+        require_images(
+            self.stack, hint="build them (on this machine: sudo scripts/provision); every node needs them"
+        )
         self.ensure_db_node(say)
         spec = self.spec()
         made = self.ensure_secrets(spec)
@@ -329,7 +332,7 @@ class Swarm:
     ) -> str:
         """Run `argv` once as a swarm job with the service's image, environment and secrets, on the
         stack's network; its output, or CommandFailed with its last lines."""
-        say = progress or (lambda _msg: None)
+        say = or_quiet(progress)
         image = image or service_spec["image"]
         name = f"{self.project}_job_{int(time.time())}"
         args = [
@@ -360,7 +363,7 @@ class Swarm:
             output = self.stack.target.run(
                 "docker", "service", "logs", "--raw", name, check=False, timeout=60
             )
-            text = envfile.redact(output.stdout + output.stderr, self.stack.env)
+            text = self.stack.redact(output.stdout + output.stderr)
             if state != "complete":
                 lines = text.strip().splitlines()
                 raise CommandFailed(
@@ -393,27 +396,25 @@ class Swarm:
                     c.remove(force=True)
 
     def _wait_job(self, name: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            tasks = self.client.services.get(name).tasks()
-            states = [t["Status"]["State"] for t in tasks]
+        for _attempt in polling.attempts(within=timeout, every=1):
+            tasks = [_task(name, t) for t in self.client.services.get(name).tasks()]
+            states = [t.state for t in tasks]
             if "complete" in states:
                 return "complete"
             if tasks and all(s in ("failed", "rejected", "shutdown") for s in states):
-                errors = {t["Status"].get("Err", "") for t in tasks} - {""}
+                errors = {t.error for t in tasks} - {""}
                 return f"{states[-1]}: {', '.join(sorted(errors))}" if errors else states[-1]
-            if time.monotonic() >= deadline:
-                return f"not finished after {timeout:.0f} s"
-            time.sleep(1)
+        return f"not finished after {timeout:.0f} s"
 
     def wait_updates(
         self, before: dict[str, tuple[int, Any]], *, timeout: float = 300.0, progress: Progress | None = None
     ) -> None:
         """Wait for the rolling updates a `docker stack deploy` started (services whose spec
         changed: a new image, a new secret) to finish; the engine starts them a moment later."""
-        deadline = time.monotonic() + timeout
         pending = dict(before)
-        while pending:
+        for attempt in polling.attempts(within=timeout, every=1):
+            if not pending:
+                return
             for svc in self.services():
                 if svc.name not in pending:
                     continue
@@ -432,26 +433,23 @@ class Swarm:
                     if progress:
                         progress(f"{svc.name}: update {current.get('State')}")
                     del pending[svc.name]
-            if pending and time.monotonic() >= deadline:
+            if pending and attempt.last:
                 raise HealthTimeout(
                     f"updates not finished after {timeout:.0f} s: {', '.join(sorted(pending))}",
                     hint=f"see `docker service ps {self.project}_SERVICE --no-trunc`",
                 )
-            if pending:
-                time.sleep(1)
 
     def wait_converged(
         self, services: Sequence[str], *, timeout: float = 300.0, progress: Progress | None = None
     ) -> None:
         """Wait until each service runs its wanted number of tasks, all on its current image."""
-        deadline = time.monotonic() + timeout
         said: dict[str, str] = {}
-        while True:
+        for attempt in polling.attempts(within=timeout, every=1):
             waiting = []
             for name in services:
                 svc = self.service(name)
-                wanted = (svc.attrs["Spec"].get("Mode", {}).get("Replicated") or {}).get("Replicas", 1)
-                image = spec_image(svc.attrs)
+                view = ServiceView.from_attrs(svc.attrs)
+                wanted, image = view.replicas, view.image
                 tasks = self.tasks(name)
                 running = [t for t in tasks if t.state == "running" and t.image == image]
                 line = f"{len(running)}/{wanted} running"
@@ -459,18 +457,17 @@ class Swarm:
                     progress(f"{self.full_name(name)}: {line}")
                 said[name] = line
                 failed = [t for t in tasks if t.error and t.state in ("failed", "rejected")]
-                if failed and time.monotonic() > deadline - timeout / 2:
+                if failed and attempt.elapsed > timeout / 2:
                     waiting.append(f"{name} ({line}; {failed[-1].error})")
                 elif len(running) < wanted or len(tasks) > wanted:
                     waiting.append(f"{name} ({line})")
             if not waiting:
                 return
-            if time.monotonic() >= deadline:
+            if attempt.last:
                 raise HealthTimeout(
                     f"not converged after {timeout:.0f} s: {', '.join(waiting)}",
                     hint=f"see `docker service ps {self.project}_SERVICE --no-trunc`",
                 )
-            time.sleep(1)
 
     def status(self) -> StackStatus:
         by_service: dict[str, list[ContainerInfo]] = {}
@@ -510,25 +507,21 @@ class Swarm:
     def down(self, *, volumes: bool = False, timeout: float = 120.0) -> None:
         """`docker stack rm`, wait until its tasks and network are gone; `volumes`: this node's too."""
         self.stack.target.run("docker", "stack", "rm", self.project, timeout=120)
-        deadline = time.monotonic() + timeout
         label = {"label": f"{NAMESPACE_LABEL}={self.project}"}
-        while self.client.containers.list(all=True, filters=label) or self.client.networks.list(
-            filters=label
-        ):
-            if time.monotonic() >= deadline:
+        for attempt in polling.attempts(within=timeout, every=1):
+            if not (
+                self.client.containers.list(all=True, filters=label)
+                or self.client.networks.list(filters=label)
+            ):
+                break
+            if attempt.last:
                 raise HealthTimeout(
                     f"stack {self.project} still has containers or networks after {timeout:.0f} s"
                 )
-            time.sleep(1)
         self.prune_secrets(())
         if volumes:
             for volume in self.client.volumes.list(filters=label):
                 volume.remove(force=True)
-
-
-def spec_image(attrs: dict[str, Any]) -> str:
-    image: str = attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-    return image.split("@", 1)[0]
 
 
 def _task(service: str, t: dict[str, Any]) -> Task:

@@ -1,0 +1,483 @@
+"""A start-first, health-gated, drained roll of one compose service behind nginx: the compose
+backend's part of a deploy or rollback (the workflow around it is finaiflow_ops.rollout).
+
+  repairs   what an interrupted deploy left behind (containers nginx does not route to, stopped
+            ones, a .env that does not name the running image), so that every roll starts from
+            "N containers of one release, nginx pointing at exactly them";
+  scale-up  N new containers beside the N old ones, created by compose (so compose still owns
+            them), with the new image given in the environment of that one compose call;
+  health    Docker health and an HTTP probe from the proxy container, with a deadline. A container
+            that exits, restarts, turns unhealthy or never answers 200 fails the roll: the new
+            containers are removed, traffic never left the old ones;
+  switch    nginx's upstream pointed at the new containers by name, `nginx -t`, graceful reload;
+  drain     the old nginx workers, which finish their in-flight requests, are watched until they
+            have exited;
+  retire    the old containers get SIGTERM with their grace period, and are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
+
+from finaiflow_ops import polling
+from finaiflow_ops.backends.compose.state import ServiceState, epoch, names
+from finaiflow_ops.backends.protocol import Outcome, Roll, Running, Settings, Step
+from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError, UsageError
+from finaiflow_ops.images import image_id, image_revisions, image_variable_in, parse_duration, set_env_value
+from finaiflow_ops.progress import Progress
+from finaiflow_ops.project import Project
+from finaiflow_ops.proxy import DEFAULT_PROXY, KEEPALIVE_LEAD, Proxy, Reload, Upstream
+from finaiflow_ops.releases import config_hash
+from finaiflow_ops.status import ContainerInfo
+from finaiflow_ops.target import CommandResult
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
+
+__all__ = ["DRAIN_TIMEOUT", "HEALTH_PATH", "HEALTH_TIMEOUT", "ComposeRollout"]
+
+HEALTH_TIMEOUT = 120.0
+DRAIN_TIMEOUT = 75.0  # above nginx's worker_shutdown_timeout (60 s), which ends any drain first
+HEALTH_PATH = "/health"
+_POLL = 0.1
+
+
+class Containers(Protocol):
+    """What the roll needs of the compose backend."""
+
+    @property
+    def project(self) -> Project: ...
+    @property
+    def env(self) -> dict[str, str]: ...
+    def containers(self, service: str | None = None, *, all: bool = True) -> list[ContainerInfo]: ...
+    def exec(
+        self, service: str, argv: Sequence[str], *, user: str = "", check: bool = True
+    ) -> CommandResult: ...
+    def logs(self, container_id: str, *, tail: int = 30) -> str: ...
+
+
+@dataclass(frozen=True)
+class _Service:
+    """What the compose file says about the service being rolled."""
+
+    name: str
+    image_var: str  # the .env key its image comes from (image: ${API_IMAGE:-...})
+    env_image: str  # the image compose would use now
+    port: int
+    grace: float  # stop_grace_period, in seconds
+    config_hash: str
+
+
+class ComposeRollout:
+    """One compose service, read when built; its repairs and its roll as steps."""
+
+    def __init__(self, backend: Containers, service: str, settings: Settings, say: Progress) -> None:
+        self.backend = backend
+        self.project = backend.project
+        self.service = service
+        self.proxy = Proxy(backend, settings.proxy or DEFAULT_PROXY)
+        self.say = say
+        self.health_timeout = (
+            settings.health_timeout if settings.health_timeout is not None else HEALTH_TIMEOUT
+        )
+        self.drain_timeout = settings.drain_timeout if settings.drain_timeout is not None else DRAIN_TIMEOUT
+        self.closing_since = time.monotonic()
+        self._closing = contextlib.ExitStack()
+        self.spec = self._describe_service()
+        self._new: list[ContainerInfo] = []
+        self._reload: Reload | None = None
+        self._drain_seconds = 0.0
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    def _describe_service(self) -> _Service:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the two compose calls side by side
+            uninterpolated = pool.submit(self.project.raw_config)
+            services = self.project.config.get("services", {})
+            raw = uninterpolated.result()
+        if self.service not in services:
+            raise UsageError(
+                f"no service {self.service!r} in {self.project.compose_path}",
+                hint=f"services: {', '.join(services)}",
+            )
+        svc = services[self.service]
+        expose = [str(p).split("/")[0] for p in svc.get("expose") or ()]
+        upstream = self.proxy.read_upstream(self.service)
+        port = (upstream.port if upstream else None) or (
+            int(expose[0]) if expose[:1] and expose[0].isdigit() else 0
+        )
+        if not port:
+            raise UsageError(f"no port known for {self.service}", hint="declare it with expose: in compose")
+        return _Service(
+            self.service,
+            image_variable_in(raw, self.service),
+            str(svc.get("image", "")),
+            port,
+            parse_duration(svc.get("stop_grace_period")),
+            config_hash(svc, self.project.env),
+        )
+
+    @property
+    def config_hash(self) -> str:
+        return self.spec.config_hash
+
+    @cached_property
+    def state(self) -> ServiceState:
+        """The service's containers and what nginx routes to, read once (under the deploy lock)."""
+        return self.observe()
+
+    def observe(self) -> ServiceState:
+        containers = tuple(self.backend.containers(self.service))
+        try:
+            env_image_id = image_id(self.project, self.spec.env_image)
+        except UsageError:
+            env_image_id = ""
+        upstream = self.proxy.read_upstream(self.service)
+        created = {c.id: epoch(self.docker(c).attrs["Created"]) for c in containers if c.state == "running"}
+        resolved_at = self.proxy.resolved_at() if upstream is None or upstream.by_service_name else None
+        return ServiceState(containers, upstream, env_image_id, resolved_at, created)
+
+    def docker(self, c: ContainerInfo) -> Container:
+        return self.project.target.docker().containers.get(c.id)
+
+    def running(self) -> Running | None:
+        serving = self.state.serving
+        if not serving:
+            return None
+        return Running(serving[0].image, serving[0].image_id, frozenset(c.image_id for c in serving))
+
+    def replicas(self, wanted: int | None) -> int:
+        return wanted or len(self.state.serving) or 1
+
+    def revisions(self, image: str) -> tuple[str, tuple[str, ...]]:
+        """(head, every revision) of the Alembic scripts in a running container of `image`."""
+        running = [
+            c
+            for c in self.backend.containers(self.service, all=False)
+            if c.state == "running" and c.image == image
+        ] or self.state.serving[:1]
+        if not running:
+            return "", ()
+        return image_revisions(self.docker(running[0]), image, self.say)
+
+    # -- reconcile ----------------------------------------------------------------------------------
+
+    def repairs(self) -> list[Step]:
+        """What an interrupted deploy left, as steps that fix it; none on a clean stack."""
+        state = self.state
+        fixes: list[tuple[str, Callable[[], object]]] = []
+        serving, extras, stopped = state.serving, state.extras, state.stopped
+        if stopped:
+            fixes.append((f"remove stopped container(s) {names(stopped)}", lambda: self.discard(stopped)))
+        # The entrypoint's `server S:PORT` may have resolved to the extras too (nginx restarted
+        # after they started): name the serving containers before removing anything.
+        exact = state.upstream is not None and set(state.upstream.hosts) == {c.name for c in serving}
+        if serving and not exact and (extras or (state.upstream and not state.upstream.by_service_name)):
+            fixes.append(
+                (
+                    f"point nginx upstream {self.service} at {names(serving)} only",
+                    lambda: self.switch_and_drain(serving),
+                )
+            )
+        fresh = state.never_served
+        served = [c for c in extras if c not in fresh]
+        if fresh:
+            fixes.append(
+                (
+                    f"remove {names(fresh)} (started by an interrupted deploy, never served)",
+                    lambda: self.discard(fresh),
+                )
+            )
+        if served:
+            fixes.append(
+                (
+                    f"stop and remove {names(served)} (replaced by an interrupted deploy)",
+                    lambda: self.drain_and_retire(served),
+                )
+            )
+        images = {c.image for c in serving}
+        if len(images) == 1 and (image := images.pop()) != self.spec.env_image:
+            fixes.append(
+                (
+                    f"set {self.spec.image_var}={image} in {self.project.env_path} (it runs; .env said "
+                    f"{self.spec.env_image})",
+                    lambda: set_env_value(self.project, self.spec.image_var, image),
+                )
+            )
+        return [
+            Step("reconcile", f"repair: {description}", self._repairing(description, fix))
+            for description, fix in fixes
+        ]
+
+    def _repairing(self, description: str, fix: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            self.say(f"repairing: {description}")
+            return fix()
+
+        return run
+
+    # -- the roll -----------------------------------------------------------------------------------
+
+    def steps(self, roll: Roll) -> list[Step]:
+        serving = self.state.serving
+        n = self.replicas(roll.replicas)
+        old_image = roll.previous_image or (serving[0].image if serving else "")
+        return [
+            Step(
+                "scale-up",
+                f"start {n} container(s) of {roll.image} beside {names(serving) or 'none'} "
+                f"(compose up --no-recreate --scale {self.service}={len(serving) + n})",
+                lambda: self.scale_up(roll.image, serving, n),
+            ),
+            Step(
+                "health",
+                f"wait until they are Docker-healthy and answer {HEALTH_PATH} with 200 from "
+                f"{self.proxy.service} (at most {self.health_timeout:.0f} s; otherwise remove them, "
+                "traffic stays where it is)",
+                lambda: self.gate(roll.image, old_image),
+            ),
+            Step(
+                "switch",
+                f"point nginx upstream {self.service} at the new containers, nginx -t, graceful reload",
+                lambda: self.switch_to(serving, old_image),
+                switches=True,
+            ),
+            Step(
+                "drain",
+                f"wait until the old nginx workers have finished their requests (at most "
+                f"{self.drain_timeout:.0f} s)",
+                self.drain_switched,
+            ),
+            Step(
+                "retire",
+                f"stop {names(serving) or 'nothing'} (SIGTERM, up to {self.spec.grace:.0f} s each) "
+                "and remove them",
+                lambda: self.retire(serving),
+            ),
+        ]
+
+    def outcome(self) -> Outcome:
+        return Outcome(
+            tuple(c.name for c in self._new),
+            tuple(c.name for c in self.state.serving),
+            round(self._drain_seconds, 2),
+        )
+
+    def close(self) -> None:
+        """Clear the switching flag if a failed roll left it raised."""
+        self._closing.close()
+
+    def scale_up(self, image: str, old: list[ContainerInfo], replicas: int) -> None:
+        """Start `replicas` containers of `image` beside `old`; compose creates and owns them.
+
+        No --no-deps: compose hashes a service's config without its depends_on under --no-deps,
+        and a later plain `compose up` would then see the new containers as outdated and recreate
+        them. --no-recreate keeps the old containers (and the dependencies) as they are.
+        """
+        total = len(old) + replicas
+        self.say(f"starting {replicas} container(s) of {image} beside {names(old) or 'none'}")
+        before = {c.id for c in self.backend.containers(self.service)}
+        try:
+            self.project.compose(
+                "up",
+                "--detach",
+                "--no-recreate",
+                "--no-build",
+                "--pull",
+                "never",
+                "--scale",
+                f"{self.service}={total}",
+                self.service,
+                env={self.spec.image_var: image},
+                timeout=300,
+            )
+        except CommandFailed as exc:
+            self.discard([c for c in self.backend.containers(self.service) if c.id not in before])
+            raise DeployFailed(
+                f"starting {image} failed: {exc.message}; removed what it started, traffic "
+                "stayed where it was",
+                output_tail=exc.output_tail,
+                service=self.service,
+                image=image,
+            ) from None
+        new = [c for c in self.backend.containers(self.service) if c.id not in before]
+        if len(new) != replicas:
+            self.discard(new)
+            raise DeployFailed(
+                f"compose started {len(new)} container(s) of {self.service}, expected {replicas}",
+                hint="nothing was switched; check `docker compose ps`",
+                service=self.service,
+                image=image,
+            )
+        self._new = new
+
+    def gate(self, image: str, old_image: str) -> None:
+        """From here until the old nginx workers are gone, HTTP/1.1 clients reconnect after each
+        answer (proxy.SWITCHING_FLAG): the health gate gives them the time to do so."""
+        self._closing.enter_context(self.connections_closing())
+        self.wait_ready(self._new, image, old_image)
+
+    def wait_ready(self, new: list[ContainerInfo], image: str, old_image: str) -> None:
+        """Every new container running, Docker-healthy and answering 200 from inside the network."""
+        pending = {c.id: c for c in new}
+        seen: dict[str, str] = {}
+        for attempt in polling.attempts(within=self.health_timeout, every=_POLL):
+            now = {c.id: c for c in self.backend.containers(self.service)}
+            for cid, c in list(pending.items()):
+                why = self._not_ready(now.get(cid), c.name)
+                if why is None:
+                    self.say(f"{c.name}: healthy, {HEALTH_PATH} answered 200 from {self.proxy.service}")
+                    pending.pop(cid)
+                elif why.startswith("!"):
+                    self._refuse(c, why[1:], new, image, old_image)
+                elif seen.get(cid) != why:
+                    self.say(f"{c.name}: {why}")
+                    seen[cid] = why
+            if not pending:
+                return
+            if attempt.last:
+                break
+        c = next(iter(pending.values()))
+        waited = f"not ready within {self.health_timeout:.0f} s ({seen.get(c.id, 'starting')})"
+        self._refuse(c, waited, new, image, old_image)
+
+    def _not_ready(self, info: ContainerInfo | None, name: str) -> str | None:
+        """None when ready; why not otherwise ("!..." when it never will be)."""
+        if info is None:
+            return "!disappeared"
+        if info.state in ("exited", "dead", "restarting"):
+            return f"!{info.state} (exit code {self._exit_code(info)}, restarted {info.restarts}x)"
+        if info.restarts:  # running again: Docker has reset its exit code
+            return f"!exited and was restarted {info.restarts}x by its restart policy"
+        if info.health == "unhealthy":
+            return f"!reported unhealthy by Docker: {self._health_output(info)}"
+        if info.health not in ("healthy", "none"):
+            return f"Docker health {info.health}"
+        status = self.proxy.probe(name, self.spec.port, HEALTH_PATH)
+        return None if status == 200 else f"Docker {info.health}, {HEALTH_PATH} {status or 'no answer'}"
+
+    def _inspect(self, info: ContainerInfo) -> Mapping[str, Any]:
+        state: Mapping[str, Any] = self.docker(info).attrs["State"]
+        return state
+
+    def _exit_code(self, info: ContainerInfo) -> str:
+        with contextlib.suppress(Exception):
+            return str(self._inspect(info).get("ExitCode", "?"))
+        return "?"
+
+    def _health_output(self, info: ContainerInfo) -> str:
+        with contextlib.suppress(Exception):
+            log = self._inspect(info)["Health"]["Log"]
+            return " ".join(str(log[-1]["Output"]).split())[:200] or f"exit {log[-1]['ExitCode']}"
+        return "no health output"
+
+    def _refuse(
+        self, c: ContainerInfo, why: str, new: list[ContainerInfo], image: str, old_image: str
+    ) -> None:
+        try:
+            tail = self.backend.logs(c.id, tail=20)
+        except Exception:  # the container may be gone already; the reason stands alone
+            tail = ""
+        self.discard(new)
+        raise DeployFailed(
+            f"{c.name} ({image}) {why}: removed the new container(s), traffic stayed on "
+            f"{old_image or 'nothing'}",
+            output_tail="\n".join(tail.strip().splitlines()[-20:]),
+            hint=f"the log tail of {c.name} is above",
+            service=self.service,
+            image=image,
+            container=c.name,
+        )
+
+    def switch_to(self, serving: list[ContainerInfo], old_image: str) -> None:
+        """nginx to the new containers; when that fails, back to the serving ones, new ones removed."""
+        new = self._new
+        self.say(f"switching nginx upstream {self.service} to {names(new)}")
+        self.sleep_until_clients_reconnected()
+        try:
+            self._reload = self.proxy.switch(Upstream.of(self.service, [c.name for c in new], self.spec.port))
+        except OpsError as exc:
+            self._switch_back(serving)
+            self.discard(new)
+            raise DeployFailed(
+                f"switching nginx failed: {exc.message}; removed the new container(s), "
+                f"traffic stayed on {old_image}",
+                hint=exc.hint,
+                service=self.service,
+            ) from None
+
+    def _switch_back(self, serving: list[ContainerInfo]) -> None:
+        if serving:
+            with contextlib.suppress(OpsError):
+                self.proxy.switch(Upstream.of(self.service, [c.name for c in serving], self.spec.port))
+
+    def switch_and_drain(self, serving: list[ContainerInfo]) -> float:
+        upstream = Upstream.of(self.service, [c.name for c in serving], self.spec.port)
+        return self.proxy.switch_gracefully(upstream, drain_timeout=self.drain_timeout).seconds
+
+    @contextlib.contextmanager
+    def connections_closing(self) -> Iterator[None]:
+        self.proxy.set_switching(True)
+        self.closing_since = time.monotonic()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OpsError):
+                self.proxy.set_switching(False)
+
+    def sleep_until_clients_reconnected(self) -> None:
+        """The health gate usually took longer than KEEPALIVE_LEAD already; otherwise wait the rest."""
+        time.sleep(max(0.0, KEEPALIVE_LEAD - (time.monotonic() - self.closing_since)))
+
+    def drain_switched(self) -> None:
+        """The drain after the switch; then clients may keep their connections again."""
+        try:
+            self._drain_seconds = self.drain(self._reload.old_workers if self._reload else ())
+        finally:
+            self._closing.close()
+
+    def drain_and_retire(self, extras: list[ContainerInfo]) -> None:
+        # A deploy killed just after its reload leaves old workers finishing requests to them.
+        stopping = tuple(pid for pid, shutting_down in self.proxy.workers().items() if shutting_down)
+        if stopping:
+            self.drain(stopping)
+        self.retire(extras)
+
+    def drain(self, old_workers: tuple[int, ...]) -> float:
+        self.say(f"draining: waiting for {len(old_workers)} old nginx worker(s) to finish their requests")
+        drained = self.proxy.wait_drained(old_workers, timeout=self.drain_timeout)
+        if not drained.complete:
+            self.say(f"old nginx workers {drained.left} still alive after {drained.seconds:.0f} s; going on")
+        return drained.seconds
+
+    def retire(self, old: list[ContainerInfo]) -> None:
+        """SIGTERM (the image's stop signal) with the grace period, then remove; all at once."""
+        if not old:
+            return
+        self.say(f"stopping {names(old)} (up to {self.spec.grace:.0f} s each for in-flight requests)")
+
+        def stop(c: ContainerInfo) -> None:
+            import docker.errors
+
+            with contextlib.suppress(docker.errors.NotFound):
+                container = self.docker(c)
+                container.stop(timeout=math.ceil(self.spec.grace))
+                container.remove()
+
+        with ThreadPoolExecutor(max_workers=len(old)) as pool:
+            list(pool.map(stop, old))
+
+    def discard(self, containers: list[ContainerInfo]) -> None:
+        """Remove containers that never got traffic (or are already stopped): no grace needed."""
+        import docker.errors
+
+        for c in containers:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.docker(c).remove(force=True)

@@ -1,1 +1,0 @@
-"""Docker Swarm backend: the same stack, deploys and backups on a swarm (docs/swarm.md)."""
