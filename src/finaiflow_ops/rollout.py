@@ -445,12 +445,6 @@ class _Rollout:
         )
 
 
-def _settings(
-    migrate: bool, proxy: str | None, health_timeout: float | None, drain_timeout: float | None
-) -> Settings:
-    return Settings(health_timeout=health_timeout, drain_timeout=drain_timeout, proxy=proxy, migrate=migrate)
-
-
 def _deploy_steps(r: _Rollout, image: str, new_id: str, replicas: int | None, backup: bool) -> list[Step]:
     steps, _current, _past = r.reconcile()
     if backup:
@@ -471,25 +465,23 @@ def _lock_step(stack: Stack) -> str:
 # -- public entry points ----------------------------------------------------------------------------------
 
 
-def deploy(
-    stack: Stack,
-    service: str,
-    image: str,
-    *,
-    replicas: int | None = None,
-    backup: bool = True,
-    migrate: bool = True,
-    proxy: str | None = None,
-    health_timeout: float | None = None,
-    drain_timeout: float | None = None,
-    progress: Progress | None = None,
-) -> DeployResult:
-    """Roll `service` to `image` with zero failed requests (see the module docstring). None for an
-    option: the backend's default; an option the backend has no meaning for is refused."""
+def _prepare(stack: Stack, service: str, image: str, replicas: int | None, settings: Settings,
+             progress: Progress | None) -> tuple[_Rollout, str]:
+    """What deploy and plan check before anything else: the replica count, the image on the target,
+    the service on the backend (and the options it refuses)."""
     if replicas is not None and replicas < 1:
         raise UsageError(f"invalid replica count {replicas}", hint="give 1 or more")
     new_id = image_id(stack, image)
-    r = _Rollout(stack, service, _settings(migrate, proxy, health_timeout, drain_timeout), or_quiet(progress))
+    return _Rollout(stack, service, settings, or_quiet(progress)), new_id
+
+
+def deploy(stack: Stack, service: str, image: str, *, replicas: int | None = None, backup: bool = True,
+           migrate: bool = True, proxy: str | None = None, health_timeout: float | None = None,
+           drain_timeout: float | None = None, progress: Progress | None = None) -> DeployResult:  # fmt: skip
+    """Roll `service` to `image` with zero failed requests (see the module docstring). None for an
+    option: the backend's default; an option the backend has no meaning for is refused."""
+    settings = Settings(health_timeout, drain_timeout, proxy, migrate)
+    r, new_id = _prepare(stack, service, image, replicas, settings, progress)
     with releases.deploy_lock(r.stack, f"deploy {service} {image}", progress=r.say):
         try:
             r.run(_deploy_steps(r, image, new_id, replicas, backup), image)
@@ -499,49 +491,27 @@ def deploy(
             raise
 
 
-def plan(
-    stack: Stack,
-    service: str,
-    image: str,
-    *,
-    replicas: int | None = None,
-    backup: bool = True,
-    migrate: bool = True,
-    proxy: str | None = None,
-    health_timeout: float | None = None,
-    drain_timeout: float | None = None,
-) -> Plan:
-    """The steps `deploy` would take now, from the state of the target; changes nothing."""
-    if replicas is not None and replicas < 1:
-        raise UsageError(f"invalid replica count {replicas}", hint="give 1 or more")
-    new_id = image_id(stack, image)
-    r = _Rollout(stack, service, _settings(migrate, proxy, health_timeout, drain_timeout), or_quiet(None))
+def plan(stack: Stack, service: str, image: str, *, replicas: int | None = None, backup: bool = True,
+         migrate: bool = True, proxy: str | None = None, health_timeout: float | None = None,
+         drain_timeout: float | None = None) -> Plan:  # fmt: skip
+    """The steps `deploy` would take now, from the state of the target; changes nothing: the
+    descriptions of the steps deploy runs, after the deploy lock."""
+    settings = Settings(health_timeout, drain_timeout, proxy, migrate)
+    r, new_id = _prepare(stack, service, image, replicas, settings, None)
     steps = _deploy_steps(r, image, new_id, replicas, backup)
-    return Plan(
-        service,
-        image,
-        r.service_rollout.replicas(replicas),
-        (_lock_step(r.stack), *(s.description for s in steps)),
-    )
+    return Plan(service, image, r.service_rollout.replicas(replicas),
+                (_lock_step(r.stack), *(s.description for s in steps)))
 
 
-def rollback(
-    stack: Stack,
-    service: str,
-    *,
-    to: str | None = None,
-    confirm: Confirm | None = None,
-    migrate: bool = True,
-    proxy: str | None = None,
-    health_timeout: float | None = None,
-    drain_timeout: float | None = None,
-    progress: Progress | None = None,
-) -> DeployResult:
+def rollback(stack: Stack, service: str, *, to: str | None = None, confirm: Confirm | None = None,
+             migrate: bool = True, proxy: str | None = None, health_timeout: float | None = None,
+             drain_timeout: float | None = None,
+             progress: Progress | None = None) -> DeployResult:  # fmt: skip
     """Back to the release before the current one (or `to`: an id or an image), through the same
     path, with the image still on the host. `confirm(question)` is asked (and must raise to refuse)
     when the database is at a revision the older release does not know (unless migrate=False: a
     service without migrations)."""
-    r = _Rollout(stack, service, _settings(migrate, proxy, health_timeout, drain_timeout), or_quiet(progress))
+    r = _Rollout(stack, service, Settings(health_timeout, drain_timeout, proxy, migrate), or_quiet(progress))
     with releases.deploy_lock(r.stack, f"rollback {service}" + (f" to {to}" if to else ""), progress=r.say):
         try:
             steps, current, past = r.reconcile()

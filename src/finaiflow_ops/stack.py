@@ -80,14 +80,8 @@ class Stack(Project):
         """Service -> image for the images the engine does not have (nothing is ever pulled)."""
         return missing_images(self)
 
-    def up(
-        self,
-        *,
-        migrate_service: str = "api",
-        migrate: Sequence[str] = MIGRATE,
-        timeout: float = 300.0,
-        progress: Progress | None = None,
-    ) -> StackStatus:
+    def up(self, *, migrate_service: str = "api", migrate: Sequence[str] = MIGRATE, timeout: float = 300.0,
+           progress: Progress | None = None) -> StackStatus:  # fmt: skip
         """Start the stack and wait until every service is healthy (migrations first, in a one-off
         container or swarm job: never at application start, where replicas would race)."""
         return self.runtime.up(

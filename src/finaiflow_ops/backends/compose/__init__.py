@@ -101,14 +101,8 @@ class ComposeBackend:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def up(
-        self,
-        *,
-        migrate_service: str = "api",
-        migrate: Sequence[str] = MIGRATE,
-        timeout: float = 300.0,
-        progress: Progress | None = None,
-    ) -> StackStatus:
+    def up(self, *, migrate_service: str = "api", migrate: Sequence[str] = MIGRATE, timeout: float = 300.0,
+           progress: Progress | None = None) -> StackStatus:  # fmt: skip
         """Start the stack and wait until every service is healthy.
 
         The migration service's dependencies start first, then its migrations run in a one-off

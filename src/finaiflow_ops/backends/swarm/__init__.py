@@ -48,15 +48,10 @@ class SwarmBackend:
         self.project = project
         self.swarm = swarm or Swarm(project)
 
-    def up(
-        self,
-        *,
-        migrate_service: str = "api",
-        migrate: Sequence[str] = MIGRATE,
-        timeout: float = 300.0,
-        progress: Progress | None = None,
-    ) -> StackStatus:
-        return self.swarm.up(timeout=timeout, progress=progress)
+    def up(self, *, migrate_service: str = "api", migrate: Sequence[str] = MIGRATE, timeout: float = 300.0,
+           progress: Progress | None = None) -> StackStatus:  # fmt: skip
+        return self.swarm.up(migrate_service=migrate_service, migrate=migrate, timeout=timeout,
+                             progress=progress)
 
     def down(self, *, volumes: bool = False) -> None:
         self.swarm.down(volumes=volumes)

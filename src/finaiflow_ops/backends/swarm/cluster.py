@@ -289,8 +289,10 @@ class Swarm:
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
-    def up(self, *, timeout: float = 300.0, progress: Progress | None = None) -> StackStatus:
-        """Deploy the stack: data services first, migrations as a swarm job, then everything."""
+    def up(self, *, migrate_service: str = "api", migrate: Sequence[str] = ("alembic", "upgrade", "head"),
+           timeout: float = 300.0, progress: Progress | None = None) -> StackStatus:  # fmt: skip
+        """Deploy the stack: data services first, the migrations of `migrate_service` as a swarm
+        job, then everything."""
         say = or_quiet(progress)
         self.require_manager()
         require_images(
@@ -307,9 +309,9 @@ class Swarm:
             say(f"deploying {', '.join(data)}")
             self.deploy_file(self.write_stack_file(first))
             self.wait_converged(data, timeout=timeout, progress=say)
-        if "api" in spec.stack["services"]:
-            api = spec.stack["services"]["api"]
-            self.run_job(api, ["alembic", "upgrade", "head"], timeout=timeout, progress=say)
+        if migrate and migrate_service in spec.stack["services"]:
+            service = spec.stack["services"][migrate_service]
+            self.run_job(service, migrate, timeout=timeout, progress=say)
         say(f"deploying stack {self.project} (docker stack deploy)")
         before = {
             svc.name: (svc.attrs["Version"]["Index"], svc.attrs.get("UpdateStatus"))
