@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from finaiflow_ops import envfile
+from finaiflow_ops import envfile, polling
 from finaiflow_ops.errors import CheckFailed, CommandFailed, UsageError
 from finaiflow_ops.target import CommandResult
 
@@ -171,18 +171,15 @@ class Proxy:
     def reload(self, *, timeout: float = 15.0) -> Reload:
         """`nginx -s reload`, confirmed by new worker processes appearing (nginx keeps the old
         configuration, silently, when the new one fails to load)."""
-        start = time.monotonic()
         old = tuple(sorted(_workers(self._exec("sh", "-c", "ps -eo pid=,args= && nginx -s reload").stdout)))
-        while True:
+        for attempt in polling.attempts(within=timeout, every=0.05):
             current = self.workers()
             new = tuple(sorted(pid for pid, stopping in current.items() if pid not in old and not stopping))
             if new:
-                return Reload(old, new, time.monotonic() - start)
-            if time.monotonic() - start > timeout:
-                raise CommandFailed(
-                    f"nginx started no new workers within {timeout:.0f} s of a reload: it kept its old "
-                    "configuration", hint=f"see `docker logs` of the {self.service} container")
-            time.sleep(0.05)
+                return Reload(old, new, attempt.elapsed)
+        raise CommandFailed(
+            f"nginx started no new workers within {timeout:.0f} s of a reload: it kept its old "
+            "configuration", hint=f"see `docker logs` of the {self.service} container")
 
     def switch(self, upstream: Upstream) -> Reload:
         """Point `upstream` at new servers: write, `nginx -t`, graceful reload. When the test
@@ -216,15 +213,12 @@ class Proxy:
         connections at once), so its exit is the proof that nobody still talks to the old servers
         through nginx. worker_shutdown_timeout (60 s in the stack's nginx.conf) bounds it.
         """
-        start = time.monotonic()
-        interval = 0.05
-        while True:
+        left: tuple[int, ...] = ()
+        for attempt in polling.attempts(within=timeout, every=0.25):
             left = tuple(pid for pid in self.workers() if pid in old_workers)
-            elapsed = time.monotonic() - start
-            if not left or elapsed >= timeout:
-                return Drain(elapsed, left)
-            time.sleep(interval)
-            interval = min(interval * 1.5, 0.5)
+            if not left:
+                return Drain(attempt.elapsed, left)
+        return Drain(timeout, left)
 
     def probe(self, host: str, port: int, path: str = "/health", *, timeout: float = 3.0) -> int | None:
         """GET http://host:port/path from inside the proxy container: the HTTP status, None when

@@ -19,13 +19,14 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from finaiflow_ops import envfile
 from finaiflow_ops.errors import CommandFailed, DeployLocked, UsageError
+from finaiflow_ops.progress import Progress
 from finaiflow_ops.project import STATE_DIR, Project
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 KEEP_RELEASES = 50  # per service; older records are dropped (their images may be long gone)
 LOCK_MAX_AGE = 30 * 60.0  # a deploy takes minutes at most: a lock this old was abandoned
 
-Progress = Callable[[str], None]
+ReleaseKind = Literal["deploy", "rollback", "observed"]  # observed: found running, not deployed by us
 
 # Shell snippets run on the target with the text and the path as $1 and $2: arguments, never
 # text pasted into a command line.
@@ -112,7 +113,7 @@ class Release:
     revision: str = ""  # the Alembic head this release migrated the database to ("" if none)
     revisions: tuple[str, ...] = ()  # every revision its migration scripts know
     backup: str | None = None  # the pre-deploy backup's id, when one was taken
-    kind: str = "deploy"  # deploy | rollback | observed (found running, not deployed by us)
+    kind: ReleaseKind = "deploy"
     previous: int | None = None  # the release it replaced
     deployed_at: str = ""
     deployed_by: str = ""

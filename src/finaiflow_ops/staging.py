@@ -8,7 +8,6 @@ that lacks any of it fails the matching item.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from finaiflow_ops import relay, tls
 from finaiflow_ops.backup import archive, schedule
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.manifest import manifest_path
+from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.stack import Stack
 
 __all__ = ["Prepared", "prepare", "undo"]
@@ -30,8 +30,8 @@ class Prepared:
     schedule_installed: bool
 
 
-def prepare(stack: Stack, *, progress: Callable[[str], None] | None = None) -> Prepared:
-    say = progress or (lambda _msg: None)
+def prepare(stack: Stack, *, progress: Progress | None = None) -> Prepared:
+    say = or_quiet(progress)
     say("installing a staging certificate from the development CA")
     tls.install_dev_certificate(stack)
     if stack.target.kind == "ssh":
@@ -50,7 +50,7 @@ def prepare(stack: Stack, *, progress: Callable[[str], None] | None = None) -> P
     return Prepared(str(made.path), created, installed)
 
 
-def _prepare_on_host(stack: Stack, say: Callable[[str], None]) -> Prepared:
+def _prepare_on_host(stack: Stack, say: Progress) -> Prepared:
     """The backup and its daily job on a remote host, by the host's own finaiflow-ops (the backups
     stay there, as the daily job's do)."""
     made = archive.take(stack, reason="first backup of a new staging", progress=say)

@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from finaiflow_ops import polling
-from finaiflow_ops.backends.compose.state import ServiceState, epoch, names
+from finaiflow_ops.backends.compose.state import Inspect, ServiceState, names
 from finaiflow_ops.backends.protocol import Outcome, Roll, Running, Settings, Step
 from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError, UsageError
 from finaiflow_ops.images import image_id, image_revisions, image_variable_in, parse_duration, set_env_value
@@ -140,7 +140,8 @@ class ComposeRollout:
         except UsageError:
             env_image_id = ""
         upstream = self.proxy.read_upstream(self.service)
-        created = {c.id: epoch(self.docker(c).attrs["Created"]) for c in containers if c.state == "running"}
+        created = {c.id: Inspect.from_attrs(self.docker(c).attrs).created for c in containers
+                   if c.state == "running"}
         resolved_at = self.proxy.resolved_at() if upstream is None or upstream.by_service_name else None
         return ServiceState(containers, upstream, env_image_id, resolved_at, created)
 
@@ -363,20 +364,19 @@ class ComposeRollout:
         status = self.proxy.probe(name, self.spec.port, HEALTH_PATH)
         return None if status == 200 else f"Docker {info.health}, {HEALTH_PATH} {status or 'no answer'}"
 
-    def _inspect(self, info: ContainerInfo) -> Mapping[str, Any]:
-        state: Mapping[str, Any] = self.docker(info).attrs["State"]
-        return state
+    def inspect(self, info: ContainerInfo) -> Inspect | None:
+        """The container's inspect fields; None when it is gone."""
+        with contextlib.suppress(Exception):
+            return Inspect.from_attrs(self.docker(info).attrs)
+        return None
 
     def _exit_code(self, info: ContainerInfo) -> str:
-        with contextlib.suppress(Exception):
-            return str(self._inspect(info).get("ExitCode", "?"))
-        return "?"
+        found = self.inspect(info)
+        return found.exit_code if found else "?"
 
     def _health_output(self, info: ContainerInfo) -> str:
-        with contextlib.suppress(Exception):
-            log = self._inspect(info)["Health"]["Log"]
-            return " ".join(str(log[-1]["Output"]).split())[:200] or f"exit {log[-1]['ExitCode']}"
-        return "no health output"
+        found = self.inspect(info)
+        return found.health_output if found else "no health output"
 
     def _refuse(
         self, c: ContainerInfo, why: str, new: list[ContainerInfo], image: str, old_image: str
