@@ -90,7 +90,7 @@ def set_env_value(project: Project, key: str, value: str) -> bool:
 
 def image_variable(project: Project, service: str) -> str:
     """The .env key the service's image comes from (`image: ${API_IMAGE:-...}` gives API_IMAGE)."""
-    return image_variable_in(project.raw_config(), service)
+    return image_variable_in(project.raw_config, service)
 
 
 def image_variable_in(raw_config: Mapping[str, Any], service: str) -> str:

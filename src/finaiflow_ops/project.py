@@ -164,6 +164,7 @@ class Project:
         parsed: dict[str, Any] = json.loads(self.compose("config", "--format", "json").stdout)
         return parsed
 
+    @cached_property
     def raw_config(self) -> dict[str, Any]:
         """The compose file without interpolation (`${API_IMAGE:-...}` as written)."""
         result = self.compose("config", "--no-interpolate", "--format", "json")

@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from finaiflow_ops import releases
-from finaiflow_ops.backends.compose.rollout import DRAIN_TIMEOUT, HEALTH_TIMEOUT
 from finaiflow_ops.backends.protocol import (
     MIGRATE,
     BackendName,
@@ -57,8 +56,6 @@ from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import CommandResult
 
 __all__ = [
-    "DRAIN_TIMEOUT",
-    "HEALTH_TIMEOUT",
     "DeployFailed",
     "DeployResult",
     "Phase",

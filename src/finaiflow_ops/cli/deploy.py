@@ -9,17 +9,18 @@ from rich.table import Table
 
 from finaiflow_ops import releases as history
 from finaiflow_ops import rollout
+from finaiflow_ops.backends.compose.rollout import DRAIN_TIMEOUT, HEALTH_TIMEOUT
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.output import err, out
 
 _timeouts = [
     click.option("--health-timeout", default=None, type=click.FloatRange(1),
                  help="Seconds the new release has to prove it serves [compose: "
-                      f"{rollout.HEALTH_TIMEOUT:.0f}, the gate of the new containers; swarm: the gate after "
+                      f"{HEALTH_TIMEOUT:.0f}, the gate of the new containers; swarm: the gate after "
                       "the engine's update, convergence then /health through nginx]."),
     click.option("--drain-timeout", default=None, type=click.FloatRange(0),
                  help="Seconds old nginx workers get to finish their requests [compose: "
-                      f"{rollout.DRAIN_TIMEOUT:.0f}; refused on swarm, where the engine stops old tasks "
+                      f"{DRAIN_TIMEOUT:.0f}; refused on swarm, where the engine stops old tasks "
                       "after their stop_grace_period]."),
     click.option("--no-migrate", "no_migrate", is_flag=True,
                  help="The service has no Alembic migrations: run none, record no revision, check no "

@@ -99,7 +99,7 @@ class ComposeRollout:
 
     def _describe_service(self) -> _Service:
         with ThreadPoolExecutor(max_workers=1) as pool:  # the two compose calls side by side
-            uninterpolated = pool.submit(self.project.raw_config)
+            uninterpolated = pool.submit(lambda: self.project.raw_config)
             services = self.project.config.get("services", {})
             raw = uninterpolated.result()
         if self.service not in services:

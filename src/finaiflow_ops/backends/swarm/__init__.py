@@ -107,15 +107,13 @@ class SwarmRollout:
         self.health_timeout = settings.health_timeout
         self.update = Update(self.swarm, service, say)
         self._tasks: tuple[str, ...] = ()
+        # Read before anything changes: the files must resolve, and a release records it.
+        resolved = self.swarm.config().get("services", {}).get(service, {})
+        self.config_hash = config_hash(resolved, self.project.env)
 
     @cached_property
     def view(self) -> ServiceView:
         return self.swarm.view(self.service)  # UsageError when the service is not deployed
-
-    @cached_property
-    def config_hash(self) -> str:
-        """The hash of the service's configuration (compose file and swarm.yaml, without its image)."""
-        return config_hash(self.swarm.config().get("services", {}).get(self.service, {}), self.project.env)
 
     def repairs(self) -> list[Step]:
         return []  # the engine reconciles its own tasks
