@@ -221,6 +221,13 @@ def check_rollback(
     confirm(question)
 
 
+def around_roll(rolled: Sequence[Step], env: Step, record: Step) -> list[Step]:
+    """The backend's roll with the .env edit right after the step that moves traffic (at the end
+    when none says it does), and the release record last."""
+    at = next((i + 1 for i, step in enumerate(rolled) if step.switches), len(rolled))
+    return [*rolled[:at], env, *rolled[at:], record]
+
+
 # -- the workflow ------------------------------------------------------------------------------------------
 
 
@@ -342,13 +349,12 @@ class _Rollout:
         env = Step(
             "", f"set {var}={image} in {self.stack.env_path}", lambda: set_env_value(self.stack, var, image)
         )
-        at = next((i + 1 for i, s in enumerate(rolled) if s.switches), len(rolled))
         record = Step(
             "",
             "record the release as current and append to the audit log",
             lambda: self._record(kind, image, new_id, known, note),
         )
-        return [*rolled[:at], env, *rolled[at:], record]
+        return around_roll(rolled, env, record)
 
     def _record(
         self, kind: Kind, image: str, new_id: str, known: tuple[str, tuple[str, ...]] | None, note: str
