@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from finaiflow_ops.backends import BACKENDS, Backend, select
-from finaiflow_ops.backends.protocol import MIGRATE
+from finaiflow_ops.backends.protocol import MIGRATE, Requested
 from finaiflow_ops.images import missing_images
 from finaiflow_ops.progress import Progress
 from finaiflow_ops.project import Project
@@ -28,7 +28,7 @@ __all__ = ["BACKENDS", "ContainerInfo", "ServiceStatus", "Stack", "StackStatus"]
 class Stack(Project):
     """A compose project on a target, run by one of the backends (compose or swarm)."""
 
-    backend: str = "auto"  # compose | swarm | auto: what the target runs, else swarm on a swarm manager
+    backend: Requested = "auto"  # compose | swarm | auto: what the target runs, else swarm on a swarm manager
 
     @cached_property
     def runtime(self) -> Backend:

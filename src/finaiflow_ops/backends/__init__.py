@@ -18,7 +18,7 @@ from finaiflow_ops.project import Project
 __all__ = ["BACKENDS", "Backend", "BackendName", "Kind", "Requested", "Settings", "Step", "select"]
 
 
-def select(project: Project, requested: str = "auto") -> Backend:
+def select(project: Project, requested: Requested | str = "auto") -> Backend:
     """The backend that runs `project` on its target.
 
     compose or swarm when asked (swarm: the target's engine must be a swarm manager); auto: a swarm

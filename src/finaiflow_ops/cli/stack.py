@@ -7,6 +7,7 @@ from dataclasses import replace
 import click
 from rich.table import Table
 
+from finaiflow_ops.backends.protocol import Requested
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.errors import CheckFailed
 from finaiflow_ops.output import err, out
@@ -25,7 +26,7 @@ def stack() -> None:
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="compose or swarm; auto: what the target runs already, else swarm on a swarm manager.")
 @pass_options
-def stack_up(opts: Options, timeout: float, staging: bool, backend: str) -> None:
+def stack_up(opts: Options, timeout: float, staging: bool, backend: Requested) -> None:
     """Start the stack (migrations first) and wait until every service is healthy."""
     stack = replace(opts.stack, backend=backend)
     status = stack.up(timeout=timeout, progress=progress)
