@@ -323,7 +323,7 @@ class _Rollout:
     def _migrate(self, image: str) -> None:
         self.say(f"running migrations ({' '.join(MIGRATE)}) {self.backend.one_off_where(image)}")
         try:
-            self.backend.run_once(self.service, image, MIGRATE, progress=self.say)
+            self.backend.run_once(self.service, image, MIGRATE)
         except CommandFailed as exc:
             raise DeployFailed(
                 f"the migrations of {image} failed: {exc.message}; nothing else was changed",

@@ -130,9 +130,8 @@ class ComposeBackend:
     def one_off_where(self, image: str) -> str:
         return f"in a one-off container of {image}"
 
-    def run_once(self, service: str, image: str, argv: Sequence[str], *, progress: Progress) -> None:
+    def run_once(self, service: str, image: str, argv: Sequence[str]) -> None:
         """`argv` in a one-off container of `service` with `image` (compose run --rm)."""
-        progress(f"running `{' '.join(argv)}` in a one-off container of {image}")
         self.project.compose(
             "run",
             "--rm",

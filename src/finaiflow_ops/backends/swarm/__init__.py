@@ -79,10 +79,10 @@ class SwarmBackend:
     def one_off_where(self, image: str) -> str:
         return f"as a swarm job of {image}"
 
-    def run_once(self, service: str, image: str, argv: Sequence[str], *, progress: Progress) -> None:
+    def run_once(self, service: str, image: str, argv: Sequence[str]) -> None:
         """`argv` once as a swarm job with the service's spec and `image`."""
         spec = self.swarm.spec().stack["services"][service]
-        self.swarm.run_job(spec, argv, image=image, timeout=UPDATE_TIMEOUT, progress=progress)
+        self.swarm.run_job(spec, argv, image=image, timeout=UPDATE_TIMEOUT)
 
     def rollout(self, service: str, settings: Settings, progress: Progress) -> SwarmRollout:
         return SwarmRollout(self, service, settings, progress)
