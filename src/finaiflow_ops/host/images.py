@@ -24,17 +24,17 @@ import subprocess
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Literal
 
 from finaiflow_ops.errors import CommandFailed, TargetUnreachable, UsageError
+from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.target import Target
 
 __all__ = ["Action", "ImagePush", "PushReport", "local_ids", "plan", "push_images"]
 
 Action = Literal["pushed", "tagged", "skipped"]
-Progress = Callable[[str], None]
 _CHUNK = 1 << 20
 _LOAD_TIMEOUT = 600.0  # for docker load to finish once everything is sent
 
@@ -111,7 +111,7 @@ def push_images(target: Target, images: Iterable[str], *, compress: bool = True,
     if target.is_local:
         raise UsageError("image push sends images to another host; these are on this machine's engine",
                          hint="give the host with --target ssh://user@host")
-    say = progress or (lambda _message: None)
+    say = or_quiet(progress)
     started = time.monotonic()
     ids = local_ids(images)
     remote_tags = {image: _remote_id(target, image) for image in ids}

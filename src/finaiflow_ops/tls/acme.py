@@ -21,12 +21,13 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from finaiflow_ops.errors import CheckFailed, OpsError, UsageError
 from finaiflow_ops.health import probe
+from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.tls.certs import (
     DEFAULT_RENEW_WINDOW_DAYS,
@@ -63,7 +64,6 @@ LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 WEBROOT = "/var/www/acme"  # where nginx serves /.well-known/acme-challenge/ from (acme_webroot volume)
 CERTBOT_TIMEOUT = 600.0
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def issue(
     `http_port` itself (it must be free: for a first certificate, before the stack runs); the
     certificate is then installed by `tls install` once nginx runs.
     """
-    say = progress or (lambda _m: None)
+    say = or_quiet(progress)
     domains = tuple(domains) or configured_domains(stack.env)
     if not domains:
         raise UsageError("no domain to issue a certificate for", hint="set DOMAIN in .env or pass --domain")
@@ -205,7 +205,7 @@ def renew(
     Not due (30 days before expiry, certbot's rule) means nothing happens, unless `force`.
     `dry_run` talks to the ACME server (Let's Encrypt's staging for Let's Encrypt) and changes nothing.
     """
-    say = progress or (lambda _m: None)
+    say = or_quiet(progress)
     name = domain or (configured_domains(stack.env) or ("",))[0]
     if not name:
         raise UsageError("no domain to renew", hint="set DOMAIN in .env or pass --domain")
