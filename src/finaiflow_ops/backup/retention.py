@@ -17,7 +17,7 @@ from pathlib import Path
 
 from finaiflow_ops.backup.archive import directory_lock, record_failure
 from finaiflow_ops.backup.errors import StaleBackups
-from finaiflow_ops.backup.inventory import COMPANIONS, INCOMPLETE, BackupEntry, list_backups
+from finaiflow_ops.backup.inventory import COMPANIONS, INCOMPLETE, BackupEntry, BackupState, list_backups
 from finaiflow_ops.backup.manifest import read_manifest
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.progress import Progress, or_quiet
@@ -78,7 +78,7 @@ class Decision:
     name: str
     path: str
     created_at: datetime
-    state: str
+    state: BackupState
     size: int
     keep: bool
     why: str

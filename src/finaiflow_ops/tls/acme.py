@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from finaiflow_ops.errors import CheckFailed, OpsError, UsageError
 from finaiflow_ops.health import probe
@@ -51,6 +52,7 @@ __all__ = [
     "LETSENCRYPT_STAGING",
     "AcmeOptions",
     "IssueResult",
+    "Method",
     "RenewResult",
     "default_executable",
     "deploy_hook",
@@ -62,6 +64,7 @@ __all__ = [
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+Method = Literal["webroot", "standalone"]  # how certbot answers the HTTP-01 challenge
 WEBROOT = "/var/www/acme"  # where nginx serves /.well-known/acme-challenge/ from (acme_webroot volume)
 CERTBOT_TIMEOUT = 600.0
 
@@ -109,7 +112,7 @@ class IssueResult:
 
     domains: tuple[str, ...]
     server: str
-    method: str  # webroot or standalone
+    method: Method
     lineage: str
     certificate: CertificateInfo
     served_fingerprint: str | None
