@@ -183,8 +183,9 @@ class Prometheus:
             stderr = (err or b"").decode(errors="replace")
             why = body.get("error") if isinstance(body, dict) else (stderr or text)
             raise CommandFailed(f"{self.name}: /api/v1/{path} failed: {str(why).strip()[:200]}",
-                                argv=argv, exit_status=code,
-                                hint="is Prometheus running? see `finaiflow-ops logs prometheus`")
+                                argv=argv, exit_status=code, output_tail=stderr.strip(),
+                                hint="is Prometheus running? see `finaiflow-ops logs prometheus`",
+                                service=PROMETHEUS_SERVICE, container=self.container.name)
         return body["data"]
 
     def query(self, expr: str) -> tuple[Sample, ...]:
@@ -195,7 +196,8 @@ class Prometheus:
                          for r in data["result"])
         if data["resultType"] == "scalar":
             return (Sample((), float(data["result"][1])),)
-        raise CommandFailed(f"{self.name}: {expr!r} returned a {data['resultType']}, not a vector")
+        raise CommandFailed(f"{self.name}: {expr!r} returned a {data['resultType']}, not a vector",
+                            service=PROMETHEUS_SERVICE, container=self.container.name)
 
     def value(self, expr: str) -> float | None:
         """The value of a query that yields at most one series (None when it yields none)."""

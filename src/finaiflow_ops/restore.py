@@ -173,8 +173,8 @@ def restore_into(db: Database, path: Path, new_name: str, *, identity: Identity 
         if problems or fed.decrypt_problem:
             fail(path, problems or [fed.decrypt_problem])
         if not fed.ok:
-            raise RestoreFailed(db.failure(f"pg_restore into {new_name}", fed.exit_status, fed.stderr),
-                                hint="the live database was not touched")
+            raise db.failed(RestoreFailed, f"pg_restore into {new_name}", fed.exit_status, fed.stderr,
+                            hint="the live database was not touched")
         tables = target.table_counts(error=RestoreFailed)
         problems = compare_counts(manifest.tables, tables, where=new_name, source="the manifest")
         if problems:

@@ -185,7 +185,8 @@ def _activate(stack: Stack, cert_pem: bytes, key_pem: bytes, servername: str, *,
     want = fingerprint(load_certificates(cert_pem)[0])
     archive = _tar({"cert.pem.new": (cert_pem, 0o644), "key.pem.new": (key_pem, 0o600)})
     if not nginx.put_archive(SSL_DIR, archive):
-        raise CommandFailed(f"could not copy the certificate into {SERVICE}:{SSL_DIR}")
+        raise CommandFailed(f"could not copy the certificate into {SERVICE}:{SSL_DIR}", service=SERVICE,
+                            container=nginx.name)
     stack.exec(SERVICE, ["sh", "-c", _SWAP, "swap", SSL_DIR])
     test = stack.exec(SERVICE, ["nginx", "-t", "-q"], check=False)
     if not test.ok:
