@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from finaiflow_ops import health
 from finaiflow_ops.backup.archive import (
@@ -124,7 +124,10 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
 
 
-def _name(db: Database, kind: str) -> str:
+CopyKind = Literal["drill", "restore", "prev", "undone"]  # what a copy beside the database is for
+
+
+def _name(db: Database, kind: CopyKind) -> str:
     name = f"{db.name}_{kind}_{_stamp()}"
     if len(name.encode()) > _MAX_NAME:
         raise UsageError(f"database name {db.name!r} is too long to keep a copy beside it ({name!r})")
