@@ -164,9 +164,11 @@ def install(
         except OpsError as again:
             raise CheckFailed(f"install failed ({exc.one_line()}) and so did putting the previous "
                               f"certificate back ({again.one_line()})",
-                              hint=f"the previous pair is {SSL_DIR}/*.prev in the nginx container") from exc
+                              hint=f"the previous pair is {SSL_DIR}/*.prev in the nginx container",
+                              service=exc.service, container=exc.container, log_tail=exc.log_tail) from exc
         raise CheckFailed(f"install rolled back: {exc.one_line()}",
-                          hint="the previous certificate is served again") from exc
+                          hint="the previous certificate is served again",
+                          service=exc.service, container=exc.container, log_tail=exc.log_tail) from exc
     return InstallResult(domains, checked.leaf, previous.fingerprint, served, True, checked.notes)
 
 
@@ -192,7 +194,8 @@ def _activate(stack: Stack, cert_pem: bytes, key_pem: bytes, servername: str, *,
     if not test.ok:
         emerg = [ln for ln in test.stderr.splitlines() if "[emerg]" in ln]
         why = re.sub(r"^.*?\[emerg\] [\d#]+: ", "", emerg[0]) if emerg else _last_line(test.stderr)
-        raise CheckFailed(f"nginx -t rejects the new certificate: {why}")
+        raise CheckFailed(f"nginx -t rejects the new certificate: {why}", service=SERVICE,
+                          container=nginx.name, log_tail=test.stderr.strip())
     say("nginx -t passed: reloading nginx gracefully")
     stack.exec(SERVICE, ["nginx", "-s", "reload"])
     return _wait_served(stack, servername, want, timeout=timeout)
@@ -216,6 +219,7 @@ def _wait_served(stack: Stack, servername: str, want: str, *, timeout: float) ->
         f"nginx still serves {seen[:16]} instead of {want[:16]} {timeout:.0f} s after the reload"
         + (f": {_last_line(tail)}" if tail.strip() else ""),
         hint="see the nginx error log (finaiflow-ops logs nginx)",
+        service=SERVICE, log_tail=tail.strip(),
     )
 
 
