@@ -134,8 +134,11 @@ def _not_healthy(stack: HasContainers[C], containers: Sequence[C], missing: Sequ
     hint = "see `finaiflow-ops logs SERVICE` for why"
     if len(unready) == 1 and not missing:
         (c,) = unready
-        return HealthTimeout(message, hint=hint, service=c.service, container=c.name,
-                             log_tail=stack.logs(c.id, tail=_LOG_TAIL_LINES).strip())
+        try:
+            log_tail = stack.logs(c.id, tail=_LOG_TAIL_LINES).strip()
+        except Exception:  # gone meanwhile, an engine error: the timeout is still the error to report
+            log_tail = ""
+        return HealthTimeout(message, hint=hint, service=c.service, container=c.name, log_tail=log_tail)
     if len(missing) == 1 and not unready:
         return HealthTimeout(message, hint=hint, service=missing[0])
     return HealthTimeout(message, hint=hint)

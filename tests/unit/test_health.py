@@ -115,3 +115,13 @@ def test_wait_http_returns_the_first_good_answer(monkeypatch: pytest.MonkeyPatch
     answers = iter([health.Probe("u", None, 1.0, error="ConnectError: refused"), health.Probe("u", 200, 1.0)])
     monkeypatch.setattr(health, "probe", lambda url, **_options: next(answers))
     assert health.wait_http("u", timeout=60, interval=0.01).status == 200
+
+
+def test_a_log_that_cannot_be_read_at_the_deadline_does_not_hide_the_timeout() -> None:
+    class Gone(Stack):
+        def logs(self, container_id: str, *, tail: int = 30) -> str:
+            raise RuntimeError("No such container")
+
+    with pytest.raises(HealthTimeout, match="not healthy after 0 s") as caught:
+        health.wait_healthy(Gone([Box("api-1", "api", health="starting")]), timeout=0)
+    assert (caught.value.container, caught.value.log_tail) == ("api-1", "")
