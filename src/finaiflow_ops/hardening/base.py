@@ -29,6 +29,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from finaiflow_ops import polling
+from finaiflow_ops.docker_inspect import source_at
 from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable, UsageError
 from finaiflow_ops.target import CommandResult
 
@@ -224,11 +225,7 @@ class Context:
 
     def volume_dir(self, destination: str) -> str | None:
         """The host path of the nginx container's mount at `destination` (a volume or bind mount)."""
-        for mount in self.nginx_container().attrs.get("Mounts") or ():
-            if mount.get("Destination") == destination:
-                source: str = mount.get("Source", "")
-                return source or None
-        return None
+        return source_at(self.nginx_container().attrs, destination)
 
     @cached_property
     def nginx_logs(self) -> str | None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from finaiflow_ops.docker_inspect import mounts
 from finaiflow_ops.hardening.base import (
     Context,
     Manual,
@@ -119,9 +120,8 @@ class ContainerFacts:
     @classmethod
     def from_inspect(cls, name: str, attrs: Mapping[str, Any]) -> ContainerFacts:
         host = attrs.get("HostConfig") or {}
-        mounts = attrs.get("Mounts") or ()
-        sockets = tuple(sorted({m.get("Source", "") for m in mounts
-                                if {m.get("Source"), m.get("Destination")} & DOCKER_SOCKETS}))
+        sockets = tuple(sorted({m.source for m in mounts(attrs)
+                                if {m.source, m.destination} & DOCKER_SOCKETS}))
         test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
         return cls(name, bool(host.get("Privileged")), sockets, int(host.get("Memory") or 0),
                    bool(test) and test != ["NONE"])

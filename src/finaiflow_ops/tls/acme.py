@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from finaiflow_ops.docker_inspect import source_at
 from finaiflow_ops.errors import CheckFailed, OpsError, UsageError
 from finaiflow_ops.health import probe
 from finaiflow_ops.progress import Progress, or_quiet
@@ -252,10 +253,9 @@ def install_lineage(stack: Stack, lineage: str, *, ca_files: Sequence[str] = (),
 
 def webroot_path(stack: Stack) -> str:
     """The host path of the volume nginx serves /.well-known/acme-challenge/ from."""
-    mounts = stack.container(SERVICE).attrs.get("Mounts") or []
-    for mount in mounts:
-        if mount.get("Destination") == WEBROOT and mount.get("Source"):
-            return str(mount["Source"])
+    source = source_at(stack.container(SERVICE).attrs, WEBROOT)
+    if source:
+        return source
     raise UsageError(f"nginx has no volume at {WEBROOT} on {stack.target}",
                      hint="the compose file must mount the acme_webroot volume there")
 
