@@ -122,8 +122,11 @@ class DeployFailed(CommandFailed):
 class CheckFailed(OpsError):
     """A check ran and found problems; `problems` lists them, one line each."""
 
-    def __init__(self, message: str, *, problems: Sequence[str] = (), hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(self, message: str, *, problems: Sequence[str] = (), hint: str | None = None,
+                 service: str | None = None, image: str | None = None, container: str | None = None,
+                 log_tail: str = "") -> None:
+        super().__init__(message, hint=hint, service=service, image=image, container=container,
+                         log_tail=log_tail)
         self.problems = tuple(problems)
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import httpx
 
-from finaiflow_ops import http
+from finaiflow_ops import http, polling
 from finaiflow_ops.errors import HealthTimeout
+from finaiflow_ops.progress import Progress
 
 __all__ = ["Container", "HasContainers", "Probe", "probe", "wait_healthy", "wait_http"]
 
@@ -44,8 +45,8 @@ class HasContainers(Protocol[C]):
     def containers(self) -> Sequence[C]: ...
     def logs(self, container_id: str, *, tail: int = 30) -> str: ...
 
-Progress = Callable[[str], None]
 _CRASH_LOOP_RESTARTS = 2
+_LOG_TAIL_LINES = 15
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,12 @@ def wait_http(url: str, *, timeout: float = 60.0, interval: float = 0.5, verify:
 
     `domain`: the stack's DOMAIN, asked for when `url` names an address (see probe).
     """
-    deadline = time.monotonic() + timeout
-    while True:
+    for _attempt in polling.attempts(within=timeout, every=interval):
         last = probe(url, timeout=min(5.0, timeout), verify=verify, domain=domain)
         if last.ok:
             return last
-        if time.monotonic() >= deadline:
-            seen = f"HTTP {last.status}" if last.status else last.error
-            raise HealthTimeout(f"{url} did not answer 200 within {timeout:.0f} s (last: {seen})")
-        time.sleep(interval)
+    seen = f"HTTP {last.status}" if last.status else last.error
+    raise HealthTimeout(f"{url} did not answer 200 within {timeout:.0f} s (last: {seen})")
 
 
 def wait_healthy(
@@ -110,9 +108,8 @@ def wait_healthy(
     Fails early, with the container's last log lines, when one exits or restarts in a loop.
     """
     wanted = list(services) if services else stack.services()
-    deadline = time.monotonic() + timeout
     said: dict[str, str] = {}
-    while True:
+    for _attempt in polling.attempts(within=timeout, every=interval):
         containers = [c for c in stack.containers() if c.service in wanted]
         missing = sorted(set(wanted) - {c.service for c in containers})
         for c in containers:
@@ -123,14 +120,28 @@ def wait_healthy(
             _fail_if_crashed(stack, c)
         if not missing and all(c.ready for c in containers):
             return containers
-        if time.monotonic() >= deadline:
-            waiting = [f"{c.name} ({c.state}, {c.health})" for c in containers if not c.ready]
-            waiting += [f"{s} (no container)" for s in missing]
-            raise HealthTimeout(
-                f"not healthy after {timeout:.0f} s: {', '.join(waiting)}",
-                hint="see `finaiflow-ops logs SERVICE` for why",
-            )
-        time.sleep(interval)
+    raise _not_healthy(stack, containers, missing, timeout)
+
+
+def _not_healthy(stack: HasContainers[C], containers: Sequence[C], missing: Sequence[str],
+                 timeout: float) -> HealthTimeout:
+    """The timeout, naming what was still waiting; when it is one container, the error carries
+    its service, name and last log lines as fields."""
+    unready = [c for c in containers if not c.ready]
+    waiting = [f"{c.name} ({c.state}, {c.health})" for c in unready]
+    waiting += [f"{s} (no container)" for s in missing]
+    message = f"not healthy after {timeout:.0f} s: {', '.join(waiting)}"
+    hint = "see `finaiflow-ops logs SERVICE` for why"
+    if len(unready) == 1 and not missing:
+        (c,) = unready
+        try:
+            log_tail = stack.logs(c.id, tail=_LOG_TAIL_LINES).strip()
+        except Exception:  # gone meanwhile, an engine error: the timeout is still the error to report
+            log_tail = ""
+        return HealthTimeout(message, hint=hint, service=c.service, container=c.name, log_tail=log_tail)
+    if len(missing) == 1 and not unready:
+        return HealthTimeout(message, hint=hint, service=missing[0])
+    return HealthTimeout(message, hint=hint)
 
 
 def _fail_if_crashed(stack: HasContainers[C], c: Container) -> None:
@@ -138,9 +149,11 @@ def _fail_if_crashed(stack: HasContainers[C], c: Container) -> None:
         c.restarts >= _CRASH_LOOP_RESTARTS and not c.ready
     )
     if crashed:
-        tail = stack.logs(c.id, tail=15).strip().splitlines()
+        log_tail = stack.logs(c.id, tail=_LOG_TAIL_LINES).strip()
+        tail = log_tail.splitlines()
         last = f": {tail[-1]}" if tail else ""
         raise HealthTimeout(
             f"{c.name} {c.state} (restarted {c.restarts}x) instead of becoming healthy{last}",
             hint=f"see `finaiflow-ops logs {c.service}` for the whole log",
+            service=c.service, container=c.name, log_tail=log_tail,
         )

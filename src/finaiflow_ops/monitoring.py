@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import functools
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
-from finaiflow_ops import health
+from finaiflow_ops import health, polling
 from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable
 from finaiflow_ops.stack import Stack
 
@@ -64,6 +63,18 @@ CERT_MIN_DAYS = 14  # as the ssl checklist item: renewal (at 30 days left) is fa
 KNOWN_AS = {"postgres": "PostgreSQL", "redis": "Redis", "database": "PostgreSQL", "cache": "Redis"}
 
 Status = Literal["ok", "warn", "fail"]
+TargetHealth = Literal["up", "down", "unknown"]  # unknown: not scraped yet
+RuleState = Literal["inactive", "pending", "firing"]
+RuleHealth = Literal["ok", "err", "unknown"]
+AlertState = Literal["pending", "firing"]
+
+K = TypeVar("K", bound=str)
+
+
+def _kind(kinds: Any, value: object, default: K) -> K:
+    """`value` when it is one of the Literal `kinds`, else `default` (an answer from a newer
+    Prometheus is read as the nearest known kind, not trusted as a type)."""
+    return cast(K, value) if value in get_args(kinds) else default
 
 
 # -- Prometheus' API ---------------------------------------------------------------------------------
@@ -82,11 +93,20 @@ class Sample:
 
 @dataclass(frozen=True)
 class ScrapeTarget:
+    """One active target of /api/v1/targets."""
+
     job: str
     instance: str
-    health: str  # up | down | unknown (not scraped yet)
+    health: TargetHealth
     last_error: str
     last_scrape: str
+
+    @classmethod
+    def from_json(cls, t: Mapping[str, Any]) -> ScrapeTarget:
+        labels = t.get("labels", {})
+        return cls(labels.get("job", ""), labels.get("instance", ""),
+                   _kind(TargetHealth, t.get("health"), "unknown"),
+                   t.get("lastError", ""), t.get("lastScrape", ""))
 
     @property
     def up(self) -> bool:
@@ -95,23 +115,42 @@ class ScrapeTarget:
 
 @dataclass(frozen=True)
 class AlertRule:
+    """One alerting rule of /api/v1/rules."""
+
     group: str
     name: str
     severity: str
-    state: str  # inactive | pending | firing
-    health: str  # ok | err | unknown
+    state: RuleState
+    health: RuleHealth
     last_error: str
     for_seconds: float
+
+    @classmethod
+    def from_json(cls, group: str, r: Mapping[str, Any]) -> AlertRule:
+        state = _kind(RuleState, r.get("state"), _state_of(r.get("alerts", [])))
+        return cls(group, r["name"], r.get("labels", {}).get("severity", ""), state,
+                   _kind(RuleHealth, r.get("health"), "unknown"), r.get("lastError", ""),
+                   float(r.get("duration", 0)))
 
 
 @dataclass(frozen=True)
 class Alert:
+    """One active alert of /api/v1/alerts."""
+
     name: str
     severity: str
-    state: str  # pending | firing
+    state: AlertState
     summary: str
     labels: tuple[tuple[str, str], ...]
     active_at: str
+
+    @classmethod
+    def from_json(cls, a: Mapping[str, Any]) -> Alert:
+        labels: Mapping[str, str] = a.get("labels", {})
+        return cls(labels.get("alertname", ""), labels.get("severity", ""),
+                   _kind(AlertState, a.get("state"), "pending"),
+                   a.get("annotations", {}).get("summary", ""), tuple(sorted(labels.items())),
+                   a.get("activeAt", ""))
 
 
 class Prometheus:
@@ -144,8 +183,9 @@ class Prometheus:
             stderr = (err or b"").decode(errors="replace")
             why = body.get("error") if isinstance(body, dict) else (stderr or text)
             raise CommandFailed(f"{self.name}: /api/v1/{path} failed: {str(why).strip()[:200]}",
-                                argv=argv, exit_status=code,
-                                hint="is Prometheus running? see `finaiflow-ops logs prometheus`")
+                                argv=argv, exit_status=code, output_tail=stderr.strip(),
+                                hint="is Prometheus running? see `finaiflow-ops logs prometheus`",
+                                service=PROMETHEUS_SERVICE, container=self.container.name)
         return body["data"]
 
     def query(self, expr: str) -> tuple[Sample, ...]:
@@ -156,7 +196,8 @@ class Prometheus:
                          for r in data["result"])
         if data["resultType"] == "scalar":
             return (Sample((), float(data["result"][1])),)
-        raise CommandFailed(f"{self.name}: {expr!r} returned a {data['resultType']}, not a vector")
+        raise CommandFailed(f"{self.name}: {expr!r} returned a {data['resultType']}, not a vector",
+                            service=PROMETHEUS_SERVICE, container=self.container.name)
 
     def value(self, expr: str) -> float | None:
         """The value of a query that yields at most one series (None when it yields none)."""
@@ -164,43 +205,28 @@ class Prometheus:
         return samples[0].value if samples else None
 
     def targets(self) -> tuple[ScrapeTarget, ...]:
-        data = self.api("targets", state="active")
-        return tuple(
-            ScrapeTarget(t["labels"].get("job", ""), t["labels"].get("instance", ""), t["health"],
-                         t.get("lastError", ""), t.get("lastScrape", ""))
-            for t in data["activeTargets"]
-        )
+        return tuple(ScrapeTarget.from_json(t) for t in self.api("targets", state="active")["activeTargets"])
 
     def rules(self) -> tuple[AlertRule, ...]:
         data = self.api("rules", type="alert")
-        return tuple(
-            AlertRule(g["name"], r["name"], r.get("labels", {}).get("severity", ""),
-                      r.get("state") or _state_of(r.get("alerts", [])), r.get("health", "unknown"),
-                      r.get("lastError", ""), float(r.get("duration", 0)))
-            for g in data["groups"] for r in g["rules"] if r.get("type") == "alerting"
-        )
+        return tuple(AlertRule.from_json(g["name"], r)
+                     for g in data["groups"] for r in g["rules"] if r.get("type") == "alerting")
 
     def alerts(self) -> tuple[Alert, ...]:
-        return tuple(
-            Alert(a["labels"].get("alertname", ""), a["labels"].get("severity", ""), a["state"],
-                  a.get("annotations", {}).get("summary", ""), tuple(sorted(a["labels"].items())),
-                  a.get("activeAt", ""))
-            for a in self.api("alerts")["alerts"]
-        )
+        return tuple(Alert.from_json(a) for a in self.api("alerts")["alerts"])
 
     def wait_scraped(self, *, timeout: float = 30.0) -> tuple[ScrapeTarget, ...]:
         """The targets once every one is up, or as they are at the deadline: a new target is
         "unknown" until its first scrape, and an api container replaced at another address stays a
         "down" target until DNS discovery refreshes (10 s), so a down target is asked again."""
-        deadline = time.monotonic() + timeout
-        while True:
+        for _attempt in polling.attempts(within=timeout, every=1):
             targets = self.targets()
-            if (targets and all(t.up for t in targets)) or time.monotonic() >= deadline:
-                return targets
-            time.sleep(1)
+            if targets and all(t.up for t in targets):
+                break
+        return targets
 
 
-def _state_of(alerts: Sequence[dict[str, Any]]) -> str:
+def _state_of(alerts: Sequence[Mapping[str, Any]]) -> RuleState:
     states = {a.get("state") for a in alerts}
     return "firing" if "firing" in states else "pending" if "pending" in states else "inactive"
 
@@ -362,15 +388,13 @@ def _metrics(prom: Prometheus, *, settle: float = SETTLE_SECONDS) -> tuple[Statu
     # for Prometheus' 5 minute look-back, and they prove nothing about scraping now. A container
     # just replaced or restarted is found by DNS discovery and scraped within ~20 s: wait that long
     # (bounded) before calling its metrics missing, so `check` right after a deploy is not fooled.
-    deadline = time.monotonic() + settle
-    while True:
+    for _attempt in polling.attempts(within=settle, every=2):
         ages = {what: prom.value(f"min(time() - timestamp({series}))")
                 for what, series in REQUIRED_SERIES.items()}
         stale = [f"{what} {'absent' if age is None else f'{age:.0f} s old'}"
                  for what, age in ages.items() if age is None or age > FRESH_SECONDS]
-        if not stale or time.monotonic() >= deadline:
+        if not stale:
             break
-        time.sleep(2)
     if stale:
         return "fail", "not scraped: " + ", ".join(stale)
     return "ok", f"{', '.join(ages)} metrics scraped within {max(a or 0 for a in ages.values()):.0f} s"

@@ -23,11 +23,11 @@ kept as NAME_undone_STAMP). The drill runs steps 1 to 3 into a scratch database,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from finaiflow_ops import health
 from finaiflow_ops.backup.archive import (
@@ -47,6 +47,7 @@ from finaiflow_ops.backup.errors import RestoreFailed
 from finaiflow_ops.backup.inventory import list_backups
 from finaiflow_ops.backup.manifest import Manifest
 from finaiflow_ops.errors import CheckFailed, UsageError
+from finaiflow_ops.progress import Progress, or_quiet
 
 if TYPE_CHECKING:
     from finaiflow_ops.stack import Stack
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["DrillResult", "RestoreResult", "UndoResult", "check_restorable", "drill", "restore",
            "restore_into", "undo"]
 
-Progress = Callable[[str], None]
 _MAX_NAME = 63  # PostgreSQL truncates longer identifiers
 # Deletes the application's cached rows; KEYS is fine for a cache of this size, and atomic.
 _FLUSH_LUA = ("local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do "
@@ -124,7 +124,10 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
 
 
-def _name(db: Database, kind: str) -> str:
+CopyKind = Literal["drill", "restore", "prev", "undone"]  # what a copy beside the database is for
+
+
+def _name(db: Database, kind: CopyKind) -> str:
     name = f"{db.name}_{kind}_{_stamp()}"
     if len(name.encode()) > _MAX_NAME:
         raise UsageError(f"database name {db.name!r} is too long to keep a copy beside it ({name!r})")
@@ -157,7 +160,7 @@ def restore_into(db: Database, path: Path, new_name: str, *, identity: Identity 
     plaintext it is fed), and must match the manifest, as must every table's row count. On any
     failure the new database is dropped.
     """
-    say = progress or (lambda _msg: None)
+    say = or_quiet(progress)
     manifest = check_restorable(path, identity)
     if not manifest.encryption:
         identity = None
@@ -173,8 +176,8 @@ def restore_into(db: Database, path: Path, new_name: str, *, identity: Identity 
         if problems or fed.decrypt_problem:
             fail(path, problems or [fed.decrypt_problem])
         if not fed.ok:
-            raise RestoreFailed(db.failure(f"pg_restore into {new_name}", fed.exit_status, fed.stderr),
-                                hint="the live database was not touched")
+            raise db.failed(RestoreFailed, f"pg_restore into {new_name}", fed.exit_status, fed.stderr,
+                            hint="the live database was not touched")
         tables = target.table_counts(error=RestoreFailed)
         problems = compare_counts(manifest.tables, tables, where=new_name, source="the manifest")
         if problems:
@@ -214,7 +217,7 @@ def drill(db: Database, path: Path | None = None, *, directory: Path, identity: 
 def restore(stack: Stack, path: Path, *, directory: Path, identity: Identity | None = None,
             progress: Progress | None = None) -> RestoreResult:
     """Replace the stack's live database with the backup at `path` (see the module docstring)."""
-    say = progress or (lambda _msg: None)
+    say = or_quiet(progress)
     db = Database.of(stack)
     incoming = _name(db, "restore")
     with directory_lock(directory):
@@ -240,7 +243,7 @@ def restore(stack: Stack, path: Path, *, directory: Path, identity: Identity | N
 
 def undo(stack: Stack, *, progress: Progress | None = None) -> UndoResult:
     """Put back the database the newest restore replaced."""
-    say = progress or (lambda _msg: None)
+    say = or_quiet(progress)
     db = Database.of(stack)
     kept = db.databases(f"{db.name}_prev_")
     if not kept:

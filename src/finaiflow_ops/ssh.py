@@ -25,10 +25,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finaiflow_ops import polling
 from finaiflow_ops.errors import TargetUnreachable
 
 __all__ = ["CONNECTION_LOST", "SshConnection", "ssh_error_line", "ssh_failed"]
@@ -152,8 +152,7 @@ class SshConnection:
                                             stderr=errors)
         self.opened += 1
         atexit.register(self.close)
-        deadline = time.monotonic() + CONNECT_TIMEOUT + 10
-        while time.monotonic() < deadline:
+        for _attempt in polling.attempts(within=CONNECT_TIMEOUT + 10, every=0.05):
             if self._master.poll() is not None:
                 stderr = log.read_text(errors="replace")
                 self._master = None
@@ -162,7 +161,6 @@ class SshConnection:
                     hint="check the host, port and that your SSH key is accepted (ssh -o BatchMode=yes)")
             if control.exists() and self._check(control):
                 return
-            time.sleep(0.05)
         self.close()
         raise TargetUnreachable(f"cannot reach {self.label}: no SSH connection after "
                                 f"{CONNECT_TIMEOUT + 10} s", hint="check the host and the network to it")

@@ -203,6 +203,9 @@ def test_a_pair_nginx_cannot_load_is_rolled_back(local_stack: Stack, domain: str
                                           r".*ee key too small") as caught:
         tls.install(local_stack, cert, key, ca_files=[test_ca.cert_pem.bytes()])
     assert caught.value.exit_code == 1
+    # Where it failed, as fields: nginx's container, and nginx -t's own output.
+    assert caught.value.service == "nginx" and caught.value.container
+    assert "key too small" in caught.value.log_tail
     assert tls.served_fingerprint(local_stack, domain) == before
     assert tls.read_installed(local_stack).fingerprint == before
     assert started_at(local_stack) == started

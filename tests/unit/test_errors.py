@@ -9,7 +9,7 @@ from importlib import import_module
 
 import finaiflow_ops
 from finaiflow_ops import errors
-from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError
+from finaiflow_ops.errors import CheckFailed, CommandFailed, DeployFailed, OpsError, VerifyFailed
 
 
 def drawn_tree() -> dict[str, str | None]:
@@ -64,3 +64,11 @@ def test_errors_carry_where_they_happened_as_fields() -> None:
         "api", "finaiflow/api:1.1.0", "finaiflow-api-3", "Traceback ...")
     assert exc.output_tail == exc.log_tail and isinstance(exc, CommandFailed)
     assert OpsError("x").service is None and OpsError("x").log_tail == ""
+
+
+def test_a_failed_check_may_say_where_too() -> None:
+    exc = CheckFailed("nginx -t rejects the new certificate", problems=["ee key too small"], service="nginx",
+                      container="finaiflow-nginx-1", log_tail="[emerg] ee key too small")
+    assert (exc.service, exc.container, exc.log_tail, exc.problems) == (
+        "nginx", "finaiflow-nginx-1", "[emerg] ee key too small", ("ee key too small",))
+    assert VerifyFailed("b.dump", ["no manifest"]).service is None

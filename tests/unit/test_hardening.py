@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from finaiflow_ops.errors import UsageError
+from finaiflow_ops.errors import TargetUnreachable, UsageError
 from finaiflow_ops.hardening import AuditReport, select
 from finaiflow_ops.hardening.base import (
     Context,
@@ -22,9 +22,10 @@ from finaiflow_ops.hardening.base import (
     Severity,
     Status,
     Verdict,
+    wait_reachable,
 )
-from finaiflow_ops.hardening.containers import exposures
-from finaiflow_ops.hardening.docker import DaemonState, tcp_hosts
+from finaiflow_ops.hardening.containers import ContainerFacts, exposures
+from finaiflow_ops.hardening.docker import DaemonSettingsRule, DaemonState, EngineInfo, tcp_hosts
 from finaiflow_ops.hardening.fail2ban import render_jail
 from finaiflow_ops.hardening.firewall import UfwState, parse_added, parse_rule, parse_status
 from finaiflow_ops.hardening.nginx import directives, missing_headers
@@ -144,6 +145,20 @@ def test_exposures_from_compose_and_containers() -> None:
         "grafana publishes 3000 on 0.0.0.0:3000 (p-grafana-1): Grafana open to the internet")
 
 
+def test_container_facts_are_read_from_docker_inspect() -> None:
+    inspected = {
+        "HostConfig": {"Privileged": True, "Memory": 536870912},
+        "Mounts": [{"Source": "/var/run/docker.sock", "Destination": "/var/run/docker.sock"},
+                   {"Source": "/srv/data", "Destination": "/data"}],
+        "Config": {"Healthcheck": {"Test": ["CMD", "true"]}},
+    }
+    assert ContainerFacts.from_inspect("p-api-1", inspected) == ContainerFacts(
+        "p-api-1", True, ("/var/run/docker.sock",), 536870912, True)
+    disabled = {"HostConfig": None, "Mounts": None, "Config": {"Healthcheck": {"Test": ["NONE"]}}}
+    assert ContainerFacts.from_inspect("p-x-1", disabled) == ContainerFacts("p-x-1", False, (), 0, False)
+    assert not ContainerFacts.from_inspect("p-y-1", {}).healthcheck
+
+
 # -- nginx --------------------------------------------------------------------------------------------
 
 def test_nginx_directives_and_headers() -> None:
@@ -193,6 +208,44 @@ def test_tcp_sockets_without_tls_are_found_in_config_and_command_line() -> None:
     assert tcp_hosts(state) == (["tcp://0.0.0.0:2375"], ["tcp://127.0.0.1:2375"])
     protected = DaemonState(None, {"hosts": ["tcp://0.0.0.0:2376"], "tlsverify": True}, True, "", ())
     assert tcp_hosts(protected) == ([], [])
+
+
+def test_the_daemon_settings_in_effect_come_from_docker_info_before_daemon_json() -> None:
+    info = EngineInfo.from_json({"LoggingDriver": "journald", "LiveRestoreEnabled": False, "ID": "x"})
+    assert info == EngineInfo("journald", False)
+    config = {"log-driver": "local", "live-restore": True}
+    running = DaemonState(info, config, True, "", ())
+    assert DaemonSettingsRule._driver(running) == "journald"
+    assert not DaemonSettingsRule._live_restore(running)
+    stopped = DaemonState(None, config, True, "", ())
+    assert DaemonSettingsRule._driver(stopped) == "local"
+    assert DaemonSettingsRule._live_restore(stopped)
+    bare = DaemonState(EngineInfo.from_json({}), {}, False, "", ())
+    assert DaemonSettingsRule._driver(bare) == "json-file"
+
+
+@dataclass
+class Flaky:
+    """A target that fails `failures` times as unreachable, then answers."""
+
+    failures: int
+    runs: int = 0
+
+    def run(self, *argv: str) -> None:
+        self.runs += 1
+        if self.runs <= self.failures:
+            raise TargetUnreachable(f"the SSH connection to ssh://h was lost (try {self.runs})")
+
+
+def test_wait_reachable_retries_an_unreachable_target_until_it_answers() -> None:
+    target = Flaky(failures=2)
+    wait_reachable(target, timeout=60)  # type: ignore[arg-type]
+    assert target.runs == 3
+
+
+def test_wait_reachable_raises_the_last_error_at_the_deadline() -> None:
+    with pytest.raises(TargetUnreachable, match=r"\(try 1\)"):
+        wait_reachable(Flaky(failures=5), timeout=0)  # type: ignore[arg-type]
 
 
 def test_sysctl_never_turns_forwarding_off() -> None:

@@ -13,7 +13,15 @@ import pytest
 
 from finaiflow_ops import logs, monitoring
 from finaiflow_ops.errors import UsageError
-from finaiflow_ops.monitoring import Alert, AlertRule, MonitoringStatus, ScrapeTarget
+from finaiflow_ops.monitoring import (
+    Alert,
+    AlertRule,
+    AlertState,
+    MonitoringStatus,
+    RuleHealth,
+    ScrapeTarget,
+    TargetHealth,
+)
 
 STACK = Path(__file__).resolve().parents[2] / "stack"
 RULES = STACK / "prometheus" / "rules" / "finaiflow.yml"
@@ -21,15 +29,15 @@ RULE_TESTS = STACK / "prometheus" / "tests" / "finaiflow.test.yml"
 DASHBOARDS = sorted((STACK / "grafana" / "dashboards").glob("*.json"))
 
 
-def target(job: str, health: str = "up", error: str = "") -> ScrapeTarget:
+def target(job: str, health: TargetHealth = "up", error: str = "") -> ScrapeTarget:
     return ScrapeTarget(job, f"{job}:1", health, error, "")
 
 
-def rule(name: str, health: str = "ok") -> AlertRule:
+def rule(name: str, health: RuleHealth = "ok") -> AlertRule:
     return AlertRule("g", name, "critical", "inactive", health, "boom" if health == "err" else "", 60)
 
 
-def alert(name: str, severity: str, state: str = "firing") -> Alert:
+def alert(name: str, severity: str, state: AlertState = "firing") -> Alert:
     return Alert(name, severity, state, f"{name} summary", (("alertname", name),), "")
 
 
@@ -93,6 +101,71 @@ def test_backup_item_fails_when_the_newest_verified_backup_is_old_missing_or_unk
         facts: dict[str, float], state: str, detail: str) -> None:
     got_state, got_detail = monitoring._backup(FakePrometheus(**facts), 26)  # type: ignore[arg-type]
     assert got_state == state and detail in got_detail
+
+
+def test_metrics_item_takes_one_look_at_the_deadline_and_names_what_is_stale() -> None:
+    class Stale:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def value(self, expr: str) -> float | None:
+            self.asked.append(expr)
+            return 300.0 if "nginx_connections" in expr else None if "probe_success" in expr else 5.0
+
+    prom = Stale()
+    state, detail = monitoring._metrics(prom, settle=0)  # type: ignore[arg-type]
+    assert state == "fail"
+    assert detail == "not scraped: ops exporter absent, nginx (through the ops exporter) 300 s old"
+    assert len(prom.asked) == len(monitoring.REQUIRED_SERIES)
+
+
+def test_metrics_item_passes_when_every_series_is_fresh() -> None:
+    prom = FakePrometheus()
+    prom.value = lambda expr: 12.0  # type: ignore[method-assign]
+    state, detail = monitoring._metrics(prom, settle=0)  # type: ignore[arg-type]
+    assert state == "ok" and detail.endswith("metrics scraped within 12 s")
+
+
+# -- Prometheus' answers, read into typed views ------------------------------------------------------------
+
+
+def test_targets_are_read_from_the_api_answer() -> None:
+    answer = {"labels": {"job": "api", "instance": "10.0.0.5:8000"}, "health": "down",
+              "lastError": "connection refused", "lastScrape": "2024-05-01T12:00:00Z", "scrapePool": "api"}
+    assert ScrapeTarget.from_json(answer) == ScrapeTarget(
+        "api", "10.0.0.5:8000", "down", "connection refused", "2024-05-01T12:00:00Z")
+    assert ScrapeTarget.from_json({"labels": {}, "health": "weird"}).health == "unknown"
+
+
+def test_a_rule_without_a_state_takes_the_state_of_its_alerts() -> None:
+    rule_json = {"name": "ApiDown", "labels": {"severity": "critical"}, "health": "ok", "duration": 60,
+                 "alerts": [{"state": "pending"}, {"state": "firing"}], "type": "alerting"}
+    assert AlertRule.from_json("g", rule_json) == AlertRule(
+        "g", "ApiDown", "critical", "firing", "ok", "", 60.0)
+    bare = AlertRule.from_json("g", {"name": "X"})
+    assert (bare.state, bare.health, bare.severity, bare.for_seconds) == ("inactive", "unknown", "", 0.0)
+
+
+def test_alerts_are_read_from_the_api_answer() -> None:
+    answer = {"labels": {"alertname": "RedisUnreachable", "severity": "critical", "job": "ops"},
+              "annotations": {"summary": "Redis is down"}, "state": "firing", "activeAt": "t"}
+    assert Alert.from_json(answer) == Alert(
+        "RedisUnreachable", "critical", "firing", "Redis is down",
+        (("alertname", "RedisUnreachable"), ("job", "ops"), ("severity", "critical")), "t")
+
+
+def test_wait_scraped_returns_the_targets_as_they_are_at_the_deadline() -> None:
+    class Answers(monitoring.Prometheus):
+        def __init__(self, *answers: tuple[ScrapeTarget, ...]) -> None:
+            self.answers = list(answers)
+
+        def targets(self) -> tuple[ScrapeTarget, ...]:
+            return self.answers.pop(0)
+
+    unknown = (target("api", "unknown"),)
+    assert Answers(unknown, (target("api"),)).wait_scraped(timeout=0) == unknown
+    up = (target("api"),)
+    assert Answers((), up).wait_scraped(timeout=60) == up  # no target yet is not "all up"
 
 
 def test_a_report_fails_only_on_fail_items_and_lists_them() -> None:

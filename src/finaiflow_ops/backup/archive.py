@@ -26,7 +26,7 @@ import json
 import os
 import posixpath
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +52,7 @@ from finaiflow_ops.backup.manifest import (
     read_manifest,
 )
 from finaiflow_ops.errors import UsageError
+from finaiflow_ops.progress import Progress, or_quiet
 
 if TYPE_CHECKING:
     from finaiflow_ops.stack import Stack
@@ -78,7 +79,6 @@ __all__ = [
     "verify",
 ]
 
-Progress = Callable[[str], None]
 DEFAULT_COMPRESS = 1
 # Counts the rows of each table as pg_restore writes the archive back out as SQL: one COPY block
 # per table, one line per row (COPY's text format escapes newlines), ended by a line "\.".
@@ -165,7 +165,7 @@ def take(stack: Stack, *, reason: str, progress: Progress | None = None) -> str:
     """A verified backup of the stack's database where the target keeps them (PROJECT_DIR/backups);
     its path there. On an ssh target the host's finaiflow-ops takes it (finaiflow_ops.relay): the
     dump never leaves the host."""
-    say = progress or (lambda _msg: None)
+    say = or_quiet(progress)
     if stack.target.kind == "ssh":
         from finaiflow_ops import relay
 
@@ -246,7 +246,7 @@ def create_locked(db: Database, directory: Path, *, compress: int = DEFAULT_COMP
                   project: str = "", reason: str = "manual", recipients: Sequence[str] = (),
                   progress: Progress | None = None) -> Backup:
     """`create`, for a caller that already holds the directory lock (a restore's safety backup)."""
-    say = progress or (lambda _msg: None)
+    say = or_quiet(progress)
     key = encryption.OneTimeKey.generate() if recipients else None
     age_version = encryption.age_version() if recipients else ""
     for name in remove_leftovers(db, directory):
@@ -363,7 +363,7 @@ def copy(archive: Path, destination: Path, *, progress: Progress | None = None) 
     The copy is written under a temporary name, fsynced, dropped from the page cache and read back
     from there: its sha256 must equal the manifest's before it is renamed into place.
     """
-    say = progress or (lambda _msg: None)
+    say = or_quiet(progress)
     manifest = read_manifest(archive)
     with directory_lock(destination):
         staged = _Staged(destination / archive.name)
@@ -458,7 +458,7 @@ def verify(db: Database, path: Path, *, identity: Identity | None = None,
     no key are made (manifest, size, age format, checksum) and the result says it was not read.
     A failure leaves a `.failed` marker, so that list and prune stop counting the file as a backup.
     """
-    say = progress or (lambda _msg: None)
+    say = or_quiet(progress)
     manifest = checked_manifest(path)
     sealed = manifest.encryption
     if sealed and identity is None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from finaiflow_ops import envfile
 from finaiflow_ops.backup.errors import BackupFailed
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["Database", "Pumped", "SnapshotSession", "quote_ident"]
 
 CHUNK = 1 << 20
+SERVICE = "postgres"  # the stack's database service
+_LOG_TAIL_LINES = 10
+E = TypeVar("E", bound=OpsError)
 # Row counts of every ordinary table, in one statement. query_to_xml runs each count inside the
 # calling transaction, so in a REPEATABLE READ transaction all counts share its snapshot.
 COUNT_SQL = """
@@ -108,10 +111,10 @@ class Database:
         user = stack.env.get("POSTGRES_USER", "postgres")
         database = name or stack.env.get("POSTGRES_DB", user)
         try:  # the running postgres container (on a swarm: its task's, on whichever node runs it)
-            located = stack.runtime.locate("postgres")
+            located = stack.runtime.locate(SERVICE)
         except UsageError as exc:
             raise BackupFailed(f"the database is not running ({where}): {exc.message}",
-                               hint=exc.hint) from None
+                               hint=exc.hint or "start it: finaiflow-ops stack up", service=SERVICE) from None
         return cls(stack.target, located.container_id, user, database, located.where, stack.env,
                    docker=located.docker)
 
@@ -138,6 +141,18 @@ class Database:
             detail = f"the database container is gone ({detail})"
         return f"{what} failed (exit {exit_status}): {detail}"
 
+    def error(self, kind: type[E], message: str, *, stderr: str = "", hint: str | None = None) -> E:
+        """An error of `kind` about this database: its service and container, and the last lines
+        of the command's stderr (redacted), as fields."""
+        lines = [ln for ln in self.redact(stderr).splitlines() if ln.strip()]
+        return kind(message, hint=hint, service=SERVICE, container=self.container,
+                    log_tail="\n".join(lines[-_LOG_TAIL_LINES:]))
+
+    def failed(self, kind: type[E], what: str, exit_status: int, stderr: str, *,
+               hint: str | None = None) -> E:
+        """The error of `kind` for a command that failed: `failure`'s line, with the fields of `error`."""
+        return self.error(kind, self.failure(what, exit_status, stderr), stderr=stderr, hint=hint)
+
     def run(self, command: Sequence[str], *, error: type[OpsError] = BackupFailed,
             timeout: float = 300) -> str:
         """Run a short command in the container; its stdout, or `error` naming the failure."""
@@ -145,10 +160,10 @@ class Database:
             done = subprocess.run(self.argv(command), stdin=subprocess.DEVNULL, capture_output=True,
                                   text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            raise error(f"`{shlex.join(command[:2])}` timed out after {timeout:g} s "
-                        f"in {self.where}") from None
+            raise self.error(error, f"`{shlex.join(command[:2])}` timed out after {timeout:g} s "
+                             f"in {self.where}") from None
         if done.returncode != 0:
-            raise error(self.failure(f"{command[0]} in {self.where}", done.returncode, done.stderr))
+            raise self.failed(error, f"{command[0]} in {self.where}", done.returncode, done.stderr)
         return done.stdout
 
     def psql(self, sql: str, *, database: str | None = None,
@@ -193,15 +208,16 @@ class Database:
                 done = subprocess.run(self.argv(command, app=app), stdin=subprocess.DEVNULL, stdout=dest,
                                       stderr=errors, timeout=timeout, check=False, preexec_fn=die_with_parent)
             except subprocess.TimeoutExpired:
-                raise BackupFailed(f"pg_dump timed out after {timeout:g} s in {self.where}") from None
+                raise self.error(BackupFailed,
+                                 f"pg_dump timed out after {timeout:g} s in {self.where}") from None
             errors.seek(0)
             stderr = errors.read().decode(errors="replace")
         if done.returncode != 0:
             if "no space left" in stderr.lower():
-                raise BackupFailed(f"no space left on the file system of {into or 'the backup'} "
-                                   "while writing the dump",
-                                   hint="free space, or choose a larger file system with --dir")
-            raise BackupFailed(self.failure(f"pg_dump in {self.where}", done.returncode, stderr))
+                raise self.error(BackupFailed, f"no space left on the file system of {into or 'the backup'} "
+                                 "while writing the dump", stderr=stderr,
+                                 hint="free space, or choose a larger file system with --dir")
+            raise self.failed(BackupFailed, f"pg_dump in {self.where}", done.returncode, stderr)
 
     def pump(self, command: Sequence[str], source: Path, *, identity: Identity | None = None) -> Pumped:
         """Feed the file `source` to `command`'s stdin in the container, and hash the file meanwhile.
@@ -391,4 +407,4 @@ class SnapshotSession:
         status = self._proc.wait(timeout=60)
         self._errors.seek(0)
         stderr = self._errors.read().decode(errors="replace")
-        raise BackupFailed(self.db.failure(f"psql (snapshot session) in {self.db.where}", status, stderr))
+        raise self.db.failed(BackupFailed, f"psql (snapshot session) in {self.db.where}", status, stderr)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final, Literal
 
 from finaiflow_ops.backup.manifest import (
     FAILED_SUFFIX,
@@ -22,12 +23,14 @@ from finaiflow_ops.backup.manifest import (
     read_manifest,
 )
 
-__all__ = ["BackupEntry", "BackupList", "list_backups"]
+__all__ = ["BackupEntry", "BackupList", "BackupState", "list_backups"]
 
-VERIFIED = "verified"
-UNVERIFIED = "unverified"
-FAILED = "failed"
-INCOMPLETE = "incomplete"
+# verified; unverified (no valid manifest); failed (verification); incomplete (a killed run)
+BackupState = Literal["verified", "unverified", "failed", "incomplete"]
+VERIFIED: Final = "verified"
+UNVERIFIED: Final = "unverified"
+FAILED: Final = "failed"
+INCOMPLETE: Final = "incomplete"
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class BackupEntry:
     database: str
     created_at: datetime
     size: int
-    state: str  # verified, unverified (no valid manifest), failed (verification), incomplete (killed run)
+    state: BackupState
     problem: str  # why it is not verified; empty when it is
     age_seconds: float
     release: str = ""
@@ -96,8 +99,8 @@ def _entry(path: Path, now: datetime) -> BackupEntry | None:
     return _make(path, name, parsed, now, state, problem, release, reason)
 
 
-def _make(path: Path, name: str, parsed: tuple[str, datetime], now: datetime, state: str, problem: str,
-          release: str = "", reason: str = "") -> BackupEntry:
+def _make(path: Path, name: str, parsed: tuple[str, datetime], now: datetime, state: BackupState,
+          problem: str, release: str = "", reason: str = "") -> BackupEntry:
     database, created = parsed
     try:
         size = path.stat().st_size
@@ -107,7 +110,7 @@ def _make(path: Path, name: str, parsed: tuple[str, datetime], now: datetime, st
                        (now - created).total_seconds(), release, reason, is_encrypted_name(name))
 
 
-def _state(path: Path) -> tuple[str, str, str, str]:
+def _state(path: Path) -> tuple[BackupState, str, str, str]:
     """(state, problem, release, reason) of an archive, from its manifest and failure marker."""
     marker = failed_marker(path)
     if marker.exists():

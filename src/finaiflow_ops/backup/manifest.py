@@ -22,13 +22,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "ENCRYPTED_SUFFIX",
     "MANIFEST_SUFFIX",
     "Encryption",
     "Format",
+    "FormatKind",
     "Manifest",
     "atomic_write",
     "backup_name",
@@ -80,11 +81,14 @@ def failed_marker(archive: Path) -> Path:
 
 # -- format ---------------------------------------------------------------------------------------
 
+FormatKind = Literal["custom", "tar", "plain", "gzip", "zstd", "age", "openpgp", "empty", "unknown"]
+
+
 @dataclass(frozen=True)
 class Format:
     """What a file's first bytes say it is."""
 
-    kind: str  # custom, tar, plain, gzip, zstd, age, openpgp, empty, unknown
+    kind: FormatKind
     detail: str = ""  # for pg_dump custom archives: archive version and compression
 
     @property

@@ -16,7 +16,6 @@ from __future__ import annotations
 import posixpath
 import subprocess
 import tempfile
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ from finaiflow_ops.backup.errors import BackupFailed
 from finaiflow_ops.backup.manifest import PARTIAL_SUFFIX, manifest_path, read_manifest
 from finaiflow_ops.errors import CommandFailed, OpsError, UsageError
 from finaiflow_ops.process import die_with_parent
+from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.target import Target
 
 __all__ = ["Destination", "copy", "parse_destination"]
 
-Progress = Callable[[str], None]
 COPY_TIMEOUT = 3600.0
 # The remote side of the stream: private files, written whole, then on disk before it is hashed.
 _RECEIVE = 'umask 077 && cat >"$1" && sync "$1"'
@@ -69,7 +68,7 @@ def copy(archive_path: Path, destination: Destination, *, progress: Progress | N
     """Copy a verified backup and its manifest to `destination`; where the copy is."""
     if destination.target is None:
         return str(archive.copy(archive_path, Path(destination.path), progress=progress))
-    return _copy_over_ssh(archive_path, destination.target, destination.path, progress or (lambda _m: None))
+    return _copy_over_ssh(archive_path, destination.target, destination.path, or_quiet(progress))
 
 
 def _copy_over_ssh(path: Path, target: Target, directory: str, say: Progress) -> str:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from finaiflow_ops.backup.archive import directory_lock, record_failure
 from finaiflow_ops.backup.errors import StaleBackups
-from finaiflow_ops.backup.inventory import COMPANIONS, INCOMPLETE, BackupEntry, list_backups
+from finaiflow_ops.backup.inventory import COMPANIONS, INCOMPLETE, BackupEntry, BackupState, list_backups
 from finaiflow_ops.backup.manifest import read_manifest
 from finaiflow_ops.errors import UsageError
+from finaiflow_ops.progress import Progress, or_quiet
 
 __all__ = ["Decision", "Policy", "PruneResult", "database_name", "plan", "policy", "prune"]
 
@@ -77,7 +78,7 @@ class Decision:
     name: str
     path: str
     created_at: datetime
-    state: str
+    state: BackupState
     size: int
     keep: bool
     why: str
@@ -167,13 +168,13 @@ class PruneResult:
 
 
 def prune(directory: Path, policy: Policy, *, database: str, dry_run: bool = False,
-          now: datetime | None = None, progress: Callable[[str], None] | None = None) -> PruneResult:
+          now: datetime | None = None, progress: Progress | None = None) -> PruneResult:
     """Apply `policy` to the backups of `database` in `directory`.
 
     Before anything is deleted, the checksums of the newest verified backups (the ones the
     deletions rely on) are confirmed; one that fails is marked failed and the plan is made again.
     """
-    say = progress or (lambda _msg: None)
+    say = or_quiet(progress)
     now = now or datetime.now(UTC)
     with directory_lock(directory):
         while True:

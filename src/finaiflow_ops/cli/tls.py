@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, get_args
 
 import click
 from rich.table import Table
@@ -17,6 +17,7 @@ from finaiflow_ops import tls
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.errors import CheckFailed, UsageError
 from finaiflow_ops.output import err, out
+from finaiflow_ops.tls.schedule import Requested
 
 
 @click.group("tls")
@@ -113,15 +114,15 @@ def tls_renew(opts: Options, dry_run: bool, force: bool, domain: str | None, acm
 
 @tls_group.command("schedule")
 @click.option("--remove", is_flag=True, help="Remove the renewal schedule.")
-@click.option("--kind", type=click.Choice(["auto", "cron", "systemd"]), default="auto", show_default=True,
+@click.option("--kind", type=click.Choice(get_args(Requested)), default="auto", show_default=True,
               help="auto: a systemd timer where systemd runs, cron elsewhere.")
 @acme_options
 @pass_options
-def tls_schedule(opts: Options, remove: bool, kind: str, acme: tls.AcmeOptions) -> None:
+def tls_schedule(opts: Options, remove: bool, kind: Requested, acme: tls.AcmeOptions) -> None:
     """Install (idempotently) or remove the twice-daily `tls renew` (with these options) on the target."""
     opts.confirm(f"{'remove' if remove else 'install'} the renewal schedule on {opts.target}?")
     result = tls.schedule(opts.stack, ops_command=acme.ops(opts.stack), remove=remove, extra=acme.cli_args(),
-                          kind=cast("Literal['auto', 'cron', 'systemd']", kind))
+                          kind=kind)
     emit(opts, result, _print_schedule)
 
 

@@ -14,7 +14,7 @@ scans) at the compose project on it and are skipped, with the reason, when there
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from finaiflow_ops.hardening.packages import UnattendedUpgradesRule
 from finaiflow_ops.hardening.scans import DependencyAuditRule, ImageScanRule
 from finaiflow_ops.hardening.sshd import SshAuthRule, SshConfigFilesRule, SshLimitsRule
 from finaiflow_ops.hardening.sysctl import SysctlRule
+from finaiflow_ops.progress import Progress
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
 
@@ -87,7 +88,6 @@ RULES: tuple[Rule[Any], ...] = (
     ImageScanRule(),
 )
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import base64
 import shlex
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
+from finaiflow_ops import polling
+from finaiflow_ops.docker_inspect import source_at
 from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable, UsageError
 from finaiflow_ops.target import CommandResult
 
@@ -64,7 +65,6 @@ __all__ = [
     "wait_reachable",
 ]
 
-Progress = Callable[[str], None]
 NGINX_LOG_DIR_IN_CONTAINER = "/var/log/nginx"
 # Admin programs (sshd, sysctl) live in sbin, which is not on every PATH (cron, non-login shells).
 WITH_SBIN = ("env", "PATH=/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin")
@@ -225,11 +225,7 @@ class Context:
 
     def volume_dir(self, destination: str) -> str | None:
         """The host path of the nginx container's mount at `destination` (a volume or bind mount)."""
-        for mount in self.nginx_container().attrs.get("Mounts") or ():
-            if mount.get("Destination") == destination:
-                source: str = mount.get("Source", "")
-                return source or None
-        return None
+        return source_at(self.nginx_container().attrs, destination)
 
     @cached_property
     def nginx_logs(self) -> str | None:
@@ -332,15 +328,13 @@ def run_optional(target: Target, *argv: str, timeout: float | None = 120) -> Com
 
 def wait_reachable(target: Target, *, timeout: float = 15.0) -> None:
     """After a daemon reload (sshd re-executes itself), wait until the target answers again."""
-    deadline = time.monotonic() + timeout
-    while True:
+    for attempt in polling.attempts(within=timeout, every=0.3):
         try:
             target.run("true")
             return
         except TargetUnreachable:
-            if time.monotonic() >= deadline:
+            if attempt.last:
                 raise
-            time.sleep(0.3)
 
 
 def apt_install(*packages: str) -> Command:

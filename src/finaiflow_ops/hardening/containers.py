@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from finaiflow_ops.docker_inspect import mounts
 from finaiflow_ops.hardening.base import (
     Context,
     Manual,
@@ -108,11 +109,22 @@ class PublishedPortsRule(Rule[list[Exposure]]):
 
 @dataclass(frozen=True)
 class ContainerFacts:
+    """What the rules read of a container's `docker inspect`."""
+
     name: str
     privileged: bool
     docker_socket: tuple[str, ...]  # mount sources/destinations that are the Docker socket
     memory: int  # bytes; 0 = no limit
     healthcheck: bool
+
+    @classmethod
+    def from_inspect(cls, name: str, attrs: Mapping[str, Any]) -> ContainerFacts:
+        host = attrs.get("HostConfig") or {}
+        sockets = tuple(sorted({m.source for m in mounts(attrs)
+                                if {m.source, m.destination} & DOCKER_SOCKETS}))
+        test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+        return cls(name, bool(host.get("Privileged")), sockets, int(host.get("Memory") or 0),
+                   bool(test) and test != ["NONE"])
 
 
 def container_facts(ctx: Context) -> list[ContainerFacts]:
@@ -121,17 +133,7 @@ def container_facts(ctx: Context) -> list[ContainerFacts]:
     if not infos:
         raise NotApplicable(f"no containers in {stack.project} (the stack is not started)")
     engine = stack.target.docker()
-    facts = []
-    for info in infos:
-        attrs = engine.containers.get(info.id).attrs
-        host = attrs.get("HostConfig") or {}
-        mounts = attrs.get("Mounts") or ()
-        sockets = tuple(sorted({m.get("Source", "") for m in mounts
-                                if {m.get("Source"), m.get("Destination")} & DOCKER_SOCKETS}))
-        test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
-        facts.append(ContainerFacts(info.name, bool(host.get("Privileged")), sockets,
-                                    int(host.get("Memory") or 0), bool(test) and test != ["NONE"]))
-    return facts
+    return [ContainerFacts.from_inspect(info.name, engine.containers.get(info.id).attrs) for info in infos]
 
 
 class _ContainersRule(Rule[list[ContainerFacts]]):

@@ -28,7 +28,8 @@ from finaiflow_ops.hardening.base import (
     run_many,
 )
 
-__all__ = ["DAEMON_JSON", "DaemonSettingsRule", "DaemonState", "DaemonTcpSocketRule", "tcp_hosts"]
+__all__ = ["DAEMON_JSON", "DaemonSettingsRule", "DaemonState", "DaemonTcpSocketRule", "EngineInfo",
+           "tcp_hosts"]
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 LOG_OPTS = {"max-size": "10m", "max-file": "3"}
@@ -36,8 +37,20 @@ _RESTART_NOTE = "takes effect when dockerd restarts"
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """What the rules read of `docker info`: the settings in effect now."""
+
+    logging_driver: str
+    live_restore: bool
+
+    @classmethod
+    def from_json(cls, info: dict[str, Any]) -> EngineInfo:
+        return cls(str(info.get("LoggingDriver") or ""), bool(info.get("LiveRestoreEnabled")))
+
+
+@dataclass(frozen=True)
 class DaemonState:
-    info: dict[str, Any] | None  # `docker info` (None: the engine does not answer)
+    info: EngineInfo | None  # `docker info` (None: the engine does not answer)
     config: dict[str, Any]  # daemon.json ({} when absent)
     config_exists: bool
     config_error: str  # daemon.json that is not a JSON object
@@ -71,7 +84,8 @@ def read_daemon(ctx: Context) -> DaemonState:
     docker_info, daemon_json, ps, installed_check = run_many(
         ctx.target, ("docker", "info", "--format", "{{json .}}"), ("cat", DAEMON_JSON),
         ("ps", "-C", "dockerd", "-o", "args="), ("sh", "-c", "command -v dockerd || test -d /etc/docker"))
-    info = json.loads(docker_info.stdout) if docker_info.ok and docker_info.stdout.strip() else None
+    info = (EngineInfo.from_json(json.loads(docker_info.stdout))
+            if docker_info.ok and docker_info.stdout.strip() else None)
     text = daemon_json.stdout if daemon_json.ok else None
     config: dict[str, Any] = {}
     error = ""
@@ -132,12 +146,13 @@ class DaemonSettingsRule(_DaemonRule):
 
     @staticmethod
     def _driver(state: DaemonState) -> str:
-        return str((state.info or {}).get("LoggingDriver") or state.config.get("log-driver") or "json-file")
+        in_effect = state.info.logging_driver if state.info is not None else ""
+        return in_effect or str(state.config.get("log-driver") or "json-file")
 
     @staticmethod
     def _live_restore(state: DaemonState) -> bool:
         if state.info is not None:
-            return bool(state.info.get("LiveRestoreEnabled"))
+            return state.info.live_restore
         return state.config.get("live-restore") is True
 
     def evaluate(self, ctx: Context, state: DaemonState) -> Verdict:

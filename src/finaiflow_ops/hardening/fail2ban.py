@@ -13,10 +13,10 @@ State is read from the running server (`fail2ban-client get ...`), not from the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from finaiflow_ops import polling
 from finaiflow_ops.errors import CommandFailed
 from finaiflow_ops.hardening.base import (
     Context,
@@ -168,13 +168,12 @@ class StartJail(Operation):
             target.run("systemctl", "enable", "--now", "fail2ban")
         else:
             run_any(target, "fail2ban-client", "start")
-        deadline = time.monotonic() + START_TIMEOUT
-        while _client(ctx, "status", JAIL) is None:
-            if time.monotonic() >= deadline:
-                log = read_file(target, "/var/log/fail2ban.log") or ""
-                errors = [line for line in log.splitlines() if "ERROR" in line]
-                raise CommandFailed(f"jail {JAIL} did not start within {START_TIMEOUT:.0f} s",
-                                    output_tail="\n".join(errors[-5:]),
-                                    hint="see /var/log/fail2ban.log on the target")
-            time.sleep(0.5)
+        for _attempt in polling.attempts(within=START_TIMEOUT, every=0.5):
+            if _client(ctx, "status", JAIL) is not None:
+                return
+        log = read_file(target, "/var/log/fail2ban.log") or ""
+        errors = [line for line in log.splitlines() if "ERROR" in line]
+        raise CommandFailed(f"jail {JAIL} did not start within {START_TIMEOUT:.0f} s",
+                            output_tail="\n".join(errors[-5:]),
+                            hint="see /var/log/fail2ban.log on the target")
 

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.host import selfinstall, system
 from finaiflow_ops.host.images import ImagePush, PushReport, push_images
+from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.target import Target
 
 __all__ = ["HostSetup", "ImagePush", "PushReport", "push_images", "setup"]
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def setup(
     finaiflow-ops (`wheel`, else this checkout's) under /opt/finaiflow-ops; the project directory
     (mode 0750, owned by the login user) when one is named."""
     started = time.monotonic()
-    say = progress or (lambda _message: None)
+    say = or_quiet(progress)
     if target.is_local:
         raise UsageError("host setup prepares another host over SSH, not this machine",
                          hint="here, run `sudo scripts/provision --no-images` (the same setup script)")

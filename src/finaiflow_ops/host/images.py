@@ -24,17 +24,17 @@ import subprocess
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Literal
 
 from finaiflow_ops.errors import CommandFailed, TargetUnreachable, UsageError
+from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.target import Target
 
 __all__ = ["Action", "ImagePush", "PushReport", "local_ids", "plan", "push_images"]
 
 Action = Literal["pushed", "tagged", "skipped"]
-Progress = Callable[[str], None]
 _CHUNK = 1 << 20
 _LOAD_TIMEOUT = 600.0  # for docker load to finish once everything is sent
 
@@ -111,7 +111,7 @@ def push_images(target: Target, images: Iterable[str], *, compress: bool = True,
     if target.is_local:
         raise UsageError("image push sends images to another host; these are on this machine's engine",
                          hint="give the host with --target ssh://user@host")
-    say = progress or (lambda _message: None)
+    say = or_quiet(progress)
     started = time.monotonic()
     ids = local_ids(images)
     remote_tags = {image: _remote_id(target, image) for image in ids}
@@ -126,7 +126,7 @@ def push_images(target: Target, images: Iterable[str], *, compress: bool = True,
             there = _remote_id(target, image)
             if there != ids[image]:
                 raise CommandFailed(f"{image} on {target} is {there or 'missing'} after docker load, "
-                                    f"not {ids[image]}", hint="see `docker images` on the host")
+                                    f"not {ids[image]}", hint="see `docker images` on the host", image=image)
     for step in steps:  # after the load: an id sent in this run is there to be tagged
         if step.action == "tagged":
             say(f"tagging {step.image} on {target}: it has {step.image_id[:19]} already")
@@ -150,6 +150,7 @@ def _remote_id(target: Target, reference: str) -> str | None:
 def _save_load(target: Target, images: list[str], *, compress: bool) -> tuple[int, int]:
     """`docker save IMAGES` here into `docker load` there; (bytes sent, archive bytes)."""
     what = ", ".join(images)
+    image = images[0] if len(images) == 1 else None  # what an error names, when it is one image
     save_argv = ["docker", "save", *images]
     load_argv = target.command_argv(["docker", "load", "-q"])
     with tempfile.TemporaryFile() as save_err, tempfile.TemporaryFile() as load_out:
@@ -167,7 +168,8 @@ def _save_load(target: Target, images: list[str], *, compress: bool) -> tuple[in
             load.kill()
             load.wait()
             raise CommandFailed(f"docker load of {what} on {target} did not finish within "
-                                f"{_LOAD_TIMEOUT:.0f} s after the image was sent", argv=load_argv) from None
+                                f"{_LOAD_TIMEOUT:.0f} s after the image was sent", argv=load_argv,
+                                image=image) from None
         save_err.seek(0)
         load_out.seek(0)
         save_text = save_err.read().decode(errors="replace")
@@ -176,7 +178,7 @@ def _save_load(target: Target, images: list[str], *, compress: bool) -> tuple[in
     if save_code != 0 and not cut:
         raise CommandFailed(f"docker save {what} failed on this machine (exit {save_code})", argv=save_argv,
                             exit_status=save_code, output_tail=_tail(save_text),
-                            hint="see `docker image inspect` of it here")
+                            hint="see `docker image inspect` of it here", image=image)
     if load_code != 0 or cut:
         if target.kind == "ssh" and load_code == 255:
             last = load_text.strip().splitlines()[-1] if load_text.strip() else "connection failed"
@@ -184,7 +186,7 @@ def _save_load(target: Target, images: list[str], *, compress: bool) -> tuple[in
                                     hint="run image push again: images already there are skipped")
         raise CommandFailed(f"docker load of {what} failed on {target} (exit {load_code})", argv=load_argv,
                             exit_status=load_code, output_tail=_tail(load_text),
-                            hint="is there room for it on the host? (docker system df)")
+                            hint="is there room for it on the host? (docker system df)", image=image)
     return sent, size
 
 

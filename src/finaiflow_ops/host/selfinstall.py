@@ -34,7 +34,6 @@ import tarfile
 import tempfile
 import tomllib
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
 from pathlib import Path
@@ -44,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 import finaiflow_ops
 from finaiflow_ops.errors import CommandFailed, TargetUnreachable, UsageError
 from finaiflow_ops.host.system import Login
+from finaiflow_ops.progress import Progress
 from finaiflow_ops.target import Target
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
 
 INSTALL_ROOT = "/opt/finaiflow-ops"
 LINK = "/usr/local/bin/finaiflow-ops"
-Progress = Callable[[str], None]
 _PIP_TIMEOUT = 900.0
 # The legacy manylinux names and the glibc they stand for (PEP 600): pip does not expand a
 # perennial tag (manylinux_2_28_x86_64) to the older ones, so every one is listed.

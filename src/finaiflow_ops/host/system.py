@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO
 
 from finaiflow_ops.errors import CommandFailed, TargetUnreachable, UsageError
+from finaiflow_ops.progress import Progress
 from finaiflow_ops.target import Target
 
 __all__ = ["SCRIPT", "Login", "SystemFacts", "changes", "login", "read_facts", "run_setup"]
 
 SCRIPT = Path(__file__).with_name("setup.sh")
-Progress = Callable[[str], None]
 _PREFIX = "[host setup] "
 _SETUP_TIMEOUT = 900.0  # apt on a slow mirror, the engine's first start
 

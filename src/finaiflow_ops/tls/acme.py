@@ -21,12 +21,15 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from finaiflow_ops.docker_inspect import source_at
 from finaiflow_ops.errors import CheckFailed, OpsError, UsageError
 from finaiflow_ops.health import probe
+from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.tls.certs import (
     DEFAULT_RENEW_WINDOW_DAYS,
@@ -50,6 +53,7 @@ __all__ = [
     "LETSENCRYPT_STAGING",
     "AcmeOptions",
     "IssueResult",
+    "Method",
     "RenewResult",
     "default_executable",
     "deploy_hook",
@@ -61,9 +65,9 @@ __all__ = [
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+Method = Literal["webroot", "standalone"]  # how certbot answers the HTTP-01 challenge
 WEBROOT = "/var/www/acme"  # where nginx serves /.well-known/acme-challenge/ from (acme_webroot volume)
 CERTBOT_TIMEOUT = 600.0
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class IssueResult:
 
     domains: tuple[str, ...]
     server: str
-    method: str  # webroot or standalone
+    method: Method
     lineage: str
     certificate: CertificateInfo
     served_fingerprint: str | None
@@ -155,7 +159,7 @@ def issue(
     `http_port` itself (it must be free: for a first certificate, before the stack runs); the
     certificate is then installed by `tls install` once nginx runs.
     """
-    say = progress or (lambda _m: None)
+    say = or_quiet(progress)
     domains = tuple(domains) or configured_domains(stack.env)
     if not domains:
         raise UsageError("no domain to issue a certificate for", hint="set DOMAIN in .env or pass --domain")
@@ -205,7 +209,7 @@ def renew(
     Not due (30 days before expiry, certbot's rule) means nothing happens, unless `force`.
     `dry_run` talks to the ACME server (Let's Encrypt's staging for Let's Encrypt) and changes nothing.
     """
-    say = progress or (lambda _m: None)
+    say = or_quiet(progress)
     name = domain or (configured_domains(stack.env) or ("",))[0]
     if not name:
         raise UsageError("no domain to renew", hint="set DOMAIN in .env or pass --domain")
@@ -249,10 +253,9 @@ def install_lineage(stack: Stack, lineage: str, *, ca_files: Sequence[str] = (),
 
 def webroot_path(stack: Stack) -> str:
     """The host path of the volume nginx serves /.well-known/acme-challenge/ from."""
-    mounts = stack.container(SERVICE).attrs.get("Mounts") or []
-    for mount in mounts:
-        if mount.get("Destination") == WEBROOT and mount.get("Source"):
-            return str(mount["Source"])
+    source = source_at(stack.container(SERVICE).attrs, WEBROOT)
+    if source:
+        return source
     raise UsageError(f"nginx has no volume at {WEBROOT} on {stack.target}",
                      hint="the compose file must mount the acme_webroot volume there")
 

@@ -15,11 +15,13 @@ import posixpath
 import re
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from finaiflow_ops import polling
 from finaiflow_ops.errors import CheckFailed, CommandFailed, OpsError, UsageError
+from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.stack import ServiceStatus, Stack
 from finaiflow_ops.target import Target
 from finaiflow_ops.tls.certs import (
@@ -48,7 +50,6 @@ __all__ = [
 
 SSL_DIR = "/etc/nginx/ssl"  # the nginx_ssl volume inside the nginx container
 SERVICE = "nginx"
-Progress = Callable[[str], None]
 
 # Rename the new pair over the live one, keeping the live one as *.prev for a manual rollback.
 # Each rename is atomic; nginx reads the files only at the reload that follows.
@@ -133,7 +134,7 @@ def install(
     extra trusted roots for the chain check (a development CA, a test ACME server's root).
     Raises CertificateRejected (nothing touched) or the error that made it roll back.
     """
-    say = progress or (lambda _m: None)
+    say = or_quiet(progress)
     domains = tuple(domains) or configured_domains(stack.env)
     if not domains:
         raise UsageError("no domain to install a certificate for", hint="set DOMAIN in .env or pass --domain")
@@ -163,9 +164,11 @@ def install(
         except OpsError as again:
             raise CheckFailed(f"install failed ({exc.one_line()}) and so did putting the previous "
                               f"certificate back ({again.one_line()})",
-                              hint=f"the previous pair is {SSL_DIR}/*.prev in the nginx container") from exc
+                              hint=f"the previous pair is {SSL_DIR}/*.prev in the nginx container",
+                              service=exc.service, container=exc.container, log_tail=exc.log_tail) from exc
         raise CheckFailed(f"install rolled back: {exc.one_line()}",
-                          hint="the previous certificate is served again") from exc
+                          hint="the previous certificate is served again",
+                          service=exc.service, container=exc.container, log_tail=exc.log_tail) from exc
     return InstallResult(domains, checked.leaf, previous.fingerprint, served, True, checked.notes)
 
 
@@ -173,7 +176,7 @@ def restore(stack: Stack, pair: InstalledPair, *, servername: str | None = None,
             progress: Progress | None = None) -> str:
     """Serve a pair saved earlier with read_installed() again; it was live, so it is not re-validated."""
     name = servername or (configured_domains(stack.env) or ("localhost",))[0]
-    say = progress or (lambda _m: None)
+    say = or_quiet(progress)
     return _activate(stack, pair.cert_pem, pair.key_pem, name, timeout=timeout, say=say)
 
 
@@ -184,13 +187,15 @@ def _activate(stack: Stack, cert_pem: bytes, key_pem: bytes, servername: str, *,
     want = fingerprint(load_certificates(cert_pem)[0])
     archive = _tar({"cert.pem.new": (cert_pem, 0o644), "key.pem.new": (key_pem, 0o600)})
     if not nginx.put_archive(SSL_DIR, archive):
-        raise CommandFailed(f"could not copy the certificate into {SERVICE}:{SSL_DIR}")
+        raise CommandFailed(f"could not copy the certificate into {SERVICE}:{SSL_DIR}", service=SERVICE,
+                            container=nginx.name)
     stack.exec(SERVICE, ["sh", "-c", _SWAP, "swap", SSL_DIR])
     test = stack.exec(SERVICE, ["nginx", "-t", "-q"], check=False)
     if not test.ok:
         emerg = [ln for ln in test.stderr.splitlines() if "[emerg]" in ln]
         why = re.sub(r"^.*?\[emerg\] [\d#]+: ", "", emerg[0]) if emerg else _last_line(test.stderr)
-        raise CheckFailed(f"nginx -t rejects the new certificate: {why}")
+        raise CheckFailed(f"nginx -t rejects the new certificate: {why}", service=SERVICE,
+                          container=nginx.name, log_tail=test.stderr.strip())
     say("nginx -t passed: reloading nginx gracefully")
     stack.exec(SERVICE, ["nginx", "-s", "reload"])
     return _wait_served(stack, servername, want, timeout=timeout)
@@ -203,21 +208,19 @@ def _wait_served(stack: Stack, servername: str, want: str, *, timeout: float) ->
     """Old workers finish their connections; new connections get the new certificate soon after.
     One handshake is not enough: an old worker may accept a few more connections until it has
     handled the reload signal (seen in CI under load), so several in a row must agree."""
-    deadline = time.monotonic() + timeout
     seen, streak = "", 0
-    while True:
+    for attempt in polling.attempts(within=timeout, every=0.2):
         seen = _served_or_none(stack, servername) or "unreachable"
         streak = streak + 1 if seen == want else 0
-        if streak >= SERVED_STREAK or (streak and time.monotonic() >= deadline):
+        if streak >= SERVED_STREAK or (streak and attempt.last):
             return seen
-        if time.monotonic() >= deadline:
-            tail = stack.exec(SERVICE, ["tail", "-n", "3", "/var/log/nginx/error.log"], check=False).stdout
-            raise CheckFailed(
-                f"nginx still serves {seen[:16]} instead of {want[:16]} {timeout:.0f} s after the reload"
-                + (f": {_last_line(tail)}" if tail.strip() else ""),
-                hint="see the nginx error log (finaiflow-ops logs nginx)",
-            )
-        time.sleep(0.2)
+    tail = stack.exec(SERVICE, ["tail", "-n", "3", "/var/log/nginx/error.log"], check=False).stdout
+    raise CheckFailed(
+        f"nginx still serves {seen[:16]} instead of {want[:16]} {timeout:.0f} s after the reload"
+        + (f": {_last_line(tail)}" if tail.strip() else ""),
+        hint="see the nginx error log (finaiflow-ops logs nginx)",
+        service=SERVICE, log_tail=tail.strip(),
+    )
 
 
 def _served_or_none(stack: Stack, servername: str) -> str | None:

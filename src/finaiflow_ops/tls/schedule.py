@@ -23,6 +23,8 @@ from finaiflow_ops.stack import Stack
 
 __all__ = [
     "CRON_MARKER",
+    "Kind",
+    "Requested",
     "Schedule",
     "merge_crontab",
     "renew_command",
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 Kind = Literal["cron", "systemd"]
+Requested = Literal["auto", "cron", "systemd"]  # auto: a systemd timer where systemd runs, cron elsewhere
 CRON_MARKER = "# finaiflow-ops tls renew for "
 _CRONTAB_HINT = "install cron (apt-get install cron), or use --kind systemd"
 
@@ -103,7 +106,7 @@ def schedule(
     stack: Stack,
     *,
     ops_command: str,
-    kind: Kind | Literal["auto"] = "auto",
+    kind: Requested = "auto",
     remove: bool = False,
     extra: Sequence[str] = (),
     log: str | None = None,
