@@ -305,6 +305,15 @@ def _get_json(url: str, timeout: float) -> Any:
         return None
 
 
+def container_of(ptr_name: str) -> str:
+    """The container a reverse lookup names, without its network: Docker's DNS answers
+    `finaiflow-api-1.finaiflow_default` for a compose container and
+    `ffswarm_api.2.k3x9....ffswarm_default` for a swarm task, whose service name alone would be the
+    same for every task (a rolling update would count as restarts)."""
+    head, dot, _network = ptr_name.rstrip(".").rpartition(".")
+    return head if dot else ptr_name.rstrip(".")
+
+
 def api_container_metrics(cfg: Config) -> list[Metric]:
     """When each api container's process started, by container name.
 
@@ -322,7 +331,7 @@ def api_container_metrics(cfg: Config) -> list[Metric]:
         return [started]
     for address in addresses:
         try:
-            name = socket.gethostbyaddr(address)[0].split(".")[0]
+            name = container_of(socket.gethostbyaddr(address)[0])
         except OSError:
             name = address
         body = _get_json(f"http://{address}:{cfg.api_port}/version", cfg.timeout)

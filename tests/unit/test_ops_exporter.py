@@ -220,3 +220,13 @@ def test_families_of_the_same_name_are_merged_into_one() -> None:
     merged = ox.merge([ox.Metric("r", "gauge", "h").add(1, fact="backups"),
                        ox.Metric("r", "gauge", "h").add(0, fact="releases")])
     assert len(merged) == 1 and len(merged[0].samples) == 2
+
+
+@pytest.mark.parametrize(("ptr", "container"), [
+    ("finaiflow-api-1.finaiflow_default", "finaiflow-api-1"),
+    ("ffswarm_api.2.k3x9q2m1v0.ffswarm_default", "ffswarm_api.2.k3x9q2m1v0"),
+    ("ffswarm_api.1.p0o9i8u7y6.ffswarm_default.", "ffswarm_api.1.p0o9i8u7y6"),
+    ("finaiflow-api-2", "finaiflow-api-2"),
+])
+def test_api_containers_are_named_per_container_and_per_swarm_task(ptr: str, container: str) -> None:
+    assert ox.container_of(ptr) == container
