@@ -28,8 +28,12 @@ def tests(session: nox.Session) -> None:
     """The full suite: unit, integration and the acceptance checklist against the session's stack
     (tests/conftest.py: brought up unless the reference stack already runs)."""
     install(session, "test", "load")
+    session.install("pytest-xdist>=3.6")
     # --run-load: the checklist's load item runs the zero-downtime gate on the session's stack.
-    session.run("pytest", "tests", "--junitxml=reports/tests.xml", "--run-load", *session.posargs)
+    # -n 3 --dist loadgroup: the stack's tests, the swarms' and the VPS's run side by side, each part
+    # in one worker and in order (tests/conftest.py: run_group); the unit tests fill in.
+    session.run("pytest", "tests", "-n", "3", "--dist", "loadgroup", "--junitxml=reports/tests.xml",
+                "--run-load", *session.posargs)
 
 
 @nox.session
