@@ -30,9 +30,9 @@ def tests(session: nox.Session) -> None:
     install(session, "test", "load")
     session.install("pytest-xdist>=3.6")
     # --run-load: the checklist's load item runs the zero-downtime gate on the session's stack.
-    # -n 3 --dist loadgroup: the stack's tests, the swarms' and the VPS's run side by side, each part
-    # in one worker and in order (tests/conftest.py: run_group); the unit tests fill in.
-    session.run("pytest", "tests", "-n", "3", "--dist", "loadgroup", "--junitxml=reports/tests.xml",
+    # -n 2 --dist loadgroup: the tests on the session's stack and those on VPS and swarm containers
+    # run side by side, each part in one worker and in order (tests/conftest.py: run_group).
+    session.run("pytest", "tests", "-n", "2", "--dist", "loadgroup", "--junitxml=reports/tests.xml",
                 "--run-load", *session.posargs)
 
 
