@@ -3,12 +3,25 @@
 The stack is brought up once per test session when none exists, and then removed at the end,
 volumes included. An existing stack (a developer's, or the one `nox -s acceptance` brought up)
 is tested as it is and left running.
+
+On a local target without --project-dir, the session's stack runs from a copy of the repository's
+stack/ made for the session (its .env, backups and state files go there and away with it), unless
+a stack of the reference project already runs on the engine: that one is tested from where it
+was started. `--project-dir stack` tests the repository's own stack/ as it is.
+
+Under pytest-xdist (`nox -s tests` runs `-n 2 --dist loadgroup`), the two parts of the suite that
+share nothing at run time run side by side, each in one worker, in order: the session's stack and
+everything on it; and the rest, the VPS containers (127.0.0.2, the hardening VPS) and the swarms
+(engines in containers of their own, reached through DOCKER_HOST). The unit tests go to whichever
+worker is free.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,13 +30,56 @@ from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
 
 REPO = Path(__file__).resolve().parent.parent
+REPO_STACK = REPO / "stack"
 LOCAL_RATE_LIMIT = 2000  # keep in step with noxfile.py
+# What a stack needs from its project directory at run time: the compose file (whose directory the
+# ops exporter mounts; the images are built beforehand, so no build context), and swarm.yaml (on a
+# swarm manager engine the project runs as a swarm stack). The changelog is read from the repository.
+RUNTIME_FILES = ("compose.yaml", "swarm.yaml")
+_WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
+
+
+# The worker groups (see above), by test module name; the other integration and acceptance tests
+# are the "stack" group. None of the grouped modules uses the session's stack.
+# Swarms and VPSes share one worker: three Docker-heavy workers on 2 cores starved the swarm's api
+# tasks (restarted by their health checks, a critical alert in the swarm `check`).
+RUN_GROUPS = {
+    "elsewhere": ("test_hardening_vps.py", "test_remote_operator_flow.py", "test_remote_vps.py",
+                  "test_swarm.py", "test_swarm_multinode.py"),
+}
+# Integration tests that need the engine and the images but no stack: anywhere, as the unit tests.
+ANYWHERE = ("test_monitoring_rules.py",)
+
+
+def run_group(nodeid: str) -> str | None:
+    """The group of a test (by its id, tests/...::name), or None for one that can run anywhere."""
+    path = Path(nodeid.partition("::")[0])
+    if path.parts[:2] == ("tests", "unit") or path.name in ANYWHERE:
+        return None
+    return next((group for group, names in RUN_GROUPS.items() if path.name in names), "stack")
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest-xdist is installed by `nox -s tests` only
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup`: one work unit per group of run_group, each in one worker, in order.
+
+    xdist's own loadgroup reads `xdist_group` marks into the test ids, which pytest 9 no longer lets a
+    plugin rewrite; its scope scheduler with our grouping does the same."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    scheduler = LoadScopeScheduling(config, log)
+    scheduler._split_scope = lambda nodeid: run_group(nodeid) or nodeid  # type: ignore[method-assign]
+    return scheduler
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("finaiflow", "FinaiFlow target")
     group.addoption("--target", default="local://", help="local://, ssh://user@host[:port]")
-    group.addoption("--project-dir", default=str(REPO / "stack"), help="the stack directory on the target")
+    group.addoption("--project-dir", default=None,
+                    help="the stack directory on the target (default: a local target runs a copy of the "
+                         "repository's stack/ made for the session; elsewhere the repository's stack/)")
     group.addoption("--base-url", default=None, help="the HTTPS base URL (default: what nginx publishes)")
     group.addoption("--allow-destructive", action="store_true",
                     help="run scenarios that change the target on a remote target too")
@@ -43,9 +99,42 @@ def ensure_local_env(project_dir: Path) -> None:
         envfile.write(path, envfile.generate(rate_limit_rps=LOCAL_RATE_LIMIT))
 
 
+def running_from(target: Target, project: str) -> set[str]:
+    """The directories the compose containers of `project` on the target's engine were started from."""
+    label = f"com.docker.compose.project={project}"
+    containers = target.docker().containers.list(all=True, filters={"label": label})
+    return {c.labels.get(_WORKING_DIR_LABEL, "") for c in containers}
+
+
+def session_project_dir(target: Target, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path | None]:
+    """(project directory, the copy made for this session or None) when --project-dir is not given
+    on a local target: the directory a running stack of the reference project was started from (a
+    developer's, `nox -s acceptance`'s: tested there as it is), else a fresh copy of stack/."""
+    project = envfile.COMPOSE_PROJECT_NAME  # what the copy's generated .env names
+    started_from = running_from(target, project)
+    if started_from:
+        where = next(iter(started_from))
+        if len(started_from) > 1 or not (Path(where) / ".env").exists():
+            pytest.fail(f"a stack of project {project} runs on this engine from "
+                        f"{', '.join(sorted(started_from))}, without its .env there: take it down "
+                        f"(docker compose -p {project} down --volumes) or pass --project-dir")
+        return where, None
+    copy = tmp_path_factory.mktemp("stack")
+    copy.chmod(0o755)  # as a checkout's stack/: the ops exporter reads it without capabilities
+    for name in RUNTIME_FILES:
+        shutil.copy2(REPO_STACK / name, copy / name)
+    return str(copy), copy
+
+
 @pytest.fixture(scope="session")
-def stack(request: pytest.FixtureRequest, target: Target) -> Iterator[Stack]:
-    project_dir = request.config.getoption("--project-dir")
+def stack(request: pytest.FixtureRequest, target: Target,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    given: str | None = request.config.getoption("--project-dir")
+    copy: Path | None = None
+    if given is not None or not target.is_local:
+        project_dir = given or str(REPO_STACK)
+    else:
+        project_dir, copy = session_project_dir(target, tmp_path_factory)
     if target.is_local:
         ensure_local_env(Path(project_dir))
     st = Stack(target, project_dir)
@@ -61,6 +150,8 @@ def stack(request: pytest.FixtureRequest, target: Target) -> Iterator[Stack]:
     if started:
         staging.undo(st, prepared)
         Stack(target, project_dir).down(volumes=True)
+        if copy is not None:  # its .env (secrets), backups and state files go with it
+            shutil.rmtree(copy)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,11 @@
 """The checklist must be able to fail: break one thing per item, and exactly that item fails.
 
-Each test breaks the session stack in one way, runs the whole checklist (`tests/acceptance`) in a
-subprocess against it, asserts that the matching feature, and only it, fails with a message naming
-the problem, and repairs the stack whatever happens.
+Each break changes the session stack in one way, and its repair puts it back whatever happens.
+Breaks of different checklist items are applied together in a batch (each batch holds at most one
+break per item), the whole checklist (`tests/acceptance`) runs once per batch in a subprocess
+against the broken stack, and every break is repaired, in reverse order, before anything is
+asserted. Each test then asserts for its own break that its item fails with a message naming the
+problem, and that no item outside the batch's breaks fails.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -31,30 +36,127 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 # Scenarios that deploy or run load are slow and prove other things; the rest run every time.
 _FAST = "not destructive and not load"
+# The load item without --run-load only reads the gate's recorded verdict: cheap, so it runs here.
+_WITH_LOAD = "not destructive"
+_ALL = ""  # the rollback drills too (destructive: they run here, on the local stack)
+_TAIL = 3000
 
 
-def run_checklist(stack: Stack, *, markers: str = _FAST,
-                  extra: Sequence[str] = ()) -> tuple[dict[str, str], str]:
-    """Run the checklist against `stack`; return {feature: pass|FAIL} and the whole output."""
+@dataclass(frozen=True)
+class Run:
+    """One run of the checklist: {item: pass|FAIL}, what each failed item said, the whole output."""
+
+    items: dict[str, str]
+    said: dict[str, str]
+    output: str
+
+
+def run_checklist(stack: Stack, report: Path, *, markers: str = _FAST, extra: Sequence[str] = ()) -> Run:
+    """Run the checklist against `stack`; what each item said when it failed is read from the
+    run's JUnit report (`report`): its failures and errors with their captured output."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/acceptance", "-m", markers, "-p", "no:cacheprovider",
-         "-q", "--project-dir", stack.project_dir, "--target", str(stack.target), *extra],
-        capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
+        [sys.executable, "-m", "pytest", "tests/acceptance", *(["-m", markers] if markers else []),
+         "-p", "no:cacheprovider", "-q", "--project-dir", stack.project_dir, "--target", str(stack.target),
+         f"--junitxml={report}", "-o", "junit_logging=all", *extra],
+        capture_output=True, text=True, timeout=900, cwd=REPO, check=False,
     )
     items = dict((f, m) for m, f in re.findall(r"^\[(pass|FAIL)\] (\w+):", result.stdout, flags=re.MULTILINE))
-    return items, result.stdout
+    said: dict[str, str] = {}
+    if report.exists():
+        for case in ET.parse(report).iter("testcase"):  # noqa: S314 (the run's own report)
+            problems = [p for p in case if p.tag in ("failure", "error")]
+            if problems:  # tests/acceptance/test_<item>.py holds the scenarios of features/<item>.feature
+                item = case.get("classname", "").rpartition(".")[2].removeprefix("test_")
+                texts = [f"{p.get('message', '')}\n{p.text or ''}" for p in problems]
+                texts += [p.text or "" for p in case if p.tag in ("system-out", "system-err")]
+                said[item] = said.get(item, "") + "\n".join(texts)
+    return Run(items, said, result.stdout)
 
 
-def assert_only_failing(stack: Stack, feature: str | set[str], *expected: str, markers: str = _FAST) -> None:
-    """Exactly `feature` (or the set of features the break belongs to) fails, naming `expected`."""
-    features = {feature} if isinstance(feature, str) else feature
-    items, output = run_checklist(stack, markers=markers)
-    passed = sorted(f for f in features if items.get(f) != "FAIL")
-    assert not passed, f"{passed} did not fail:\n{output[-3000:]}"
-    others = sorted(f for f, m in items.items() if m == "FAIL" and f not in features)
-    assert not others, f"breaking {sorted(features)} also failed {others}:\n{output[-3000:]}"
-    for text in expected:
-        assert text in output, f"{sorted(features)} failed without naming {text!r}:\n{output[-3000:]}"
+# -- breaks and batches ---------------------------------------------------------------------------------
+
+# A break: breaks the stack on entry, repairs it on exit whatever happened, and yields the texts the
+# failure of its items must name.
+BreakFn = Callable[[Stack, str], AbstractContextManager[Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class Break:
+    items: frozenset[str]
+    apply: BreakFn
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Breaks applied together (at most one per checklist item) and the checklist run that sees them."""
+
+    name: str
+    breaks: tuple[str, ...]
+    markers: str
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    run: Run
+    named: dict[str, tuple[str, ...]]  # break -> the texts its failure must name
+
+    def items(self, batch: Batch) -> frozenset[str]:
+        return frozenset().union(*(BREAKS[name].items for name in batch.breaks))
+
+
+@dataclass
+class CanFail:
+    """Runs each batch once, when a test first asks for one of its breaks, and keeps the outcome."""
+
+    stack: Stack
+    base_url: str
+    reports: Path
+    done: dict[str, BatchOutcome | BaseException] = field(default_factory=dict)
+
+    def batch_of(self, name: str) -> Batch:
+        return next(b for b in BATCHES if name in b.breaks)
+
+    def outcome(self, batch: Batch) -> BatchOutcome:
+        if batch.name not in self.done:
+            try:
+                self.done[batch.name] = self._run(batch)
+            except BaseException as exc:
+                self.done[batch.name] = exc
+                raise
+        found = self.done[batch.name]
+        if isinstance(found, BaseException):
+            raise RuntimeError(f"the {batch.name} batch did not run (see its first test): {found!r}")
+        return found
+
+    def _run(self, batch: Batch) -> BatchOutcome:
+        with ExitStack() as repairs:  # each break's repair, in reverse order, whatever happens
+            named = {name: tuple(repairs.enter_context(BREAKS[name].apply(self.stack, self.base_url)))
+                     for name in batch.breaks}
+            run = run_checklist(self.stack, self.reports / f"{batch.name}.xml", markers=batch.markers,
+                                extra=batch.extra)
+        return BatchOutcome(run, named)
+
+    def assert_fails(self, name: str) -> Run:
+        """Exactly the items of the batch's breaks fail; the items of `name` name its texts."""
+        batch = self.batch_of(name)
+        outcome = self.outcome(batch)
+        run, features, batch_items = outcome.run, BREAKS[name].items, outcome.items(batch)
+        tail = run.output[-_TAIL:]
+        passed = sorted(f for f in features if run.items.get(f) != "FAIL")
+        assert not passed, f"{passed} did not fail ({name}, batch {batch.name}):\n{tail}"
+        others = sorted(f for f, m in run.items.items() if m == "FAIL" and f not in batch_items)
+        assert not others, (f"breaking {sorted(batch_items)} (batch {batch.name}) also failed {others}:\n"
+                            f"{tail}")
+        said = "\n".join(run.said.get(f, "") for f in sorted(features))
+        for text in outcome.named[name]:
+            assert text in said, f"{sorted(features)} failed without naming {text!r} ({name}):\n{tail}"
+        return run
+
+
+@pytest.fixture(scope="module")
+def can_fail(stack: Stack, base_url: str, tmp_path_factory: pytest.TempPathFactory) -> CanFail:
+    return CanFail(stack, base_url, tmp_path_factory.mktemp("can-fail"))
 
 
 @contextmanager
@@ -69,48 +171,51 @@ def broken(break_it: list[str], repair: list[str], stack: Stack) -> Iterator[Non
             stack.psql(sql)
 
 
-def test_env_item_fails_when_the_env_is_world_readable(stack: Stack) -> None:
+def wait_until(done: Callable[[], bool], timeout: float) -> None:
+    """Poll `done` every second until it is true or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+# -- env, database, verification ---------------------------------------------------------------------
+
+@contextmanager
+def env_world_readable(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     path = Path(stack.env_path)
     path.chmod(0o644)
     try:
-        assert_only_failing(stack, "env", "mode 0644", "expected 0600")
+        yield "mode 0644", "expected 0600"
     finally:
         path.chmod(0o600)
 
 
-def test_database_item_fails_when_a_migration_is_not_applied(stack: Stack) -> None:
+@contextmanager
+def migration_not_applied(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     revision = stack.psql("SELECT version_num FROM alembic_version")[0][0]
     with broken(["DELETE FROM alembic_version"],
                 [f"INSERT INTO alembic_version (version_num) VALUES ('{revision}')"],  # noqa: S608 (read back)
                 stack):
-        assert_only_failing(stack, "database", "database at Alembic revision none")
+        yield ("database at Alembic revision none",)
 
 
-def test_database_item_fails_when_an_index_is_missing(stack: Stack) -> None:
+@contextmanager
+def index_missing(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     with broken(["DROP INDEX idx_sessions_user_id"],
                 ["CREATE INDEX IF NOT EXISTS idx_sessions_user_id ON sessions (user_id)"], stack):
-        assert_only_failing(stack, "database", "index idx_sessions_user_id found on no table")
+        yield ("index idx_sessions_user_id found on no table",)
 
 
-def test_verification_and_monitoring_fail_when_prometheus_is_stopped(stack: Stack) -> None:
+@contextmanager
+def prometheus_stopped(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     # Both items stand on Prometheus: the runbook's verification reads its metrics, and
     # monitoring is Prometheus. Nothing else may fail.
     stack.compose("stop", "prometheus")
     try:
-        assert_only_failing(stack, {"verification", "monitoring"}, "not healthy: prometheus")
+        yield ("not healthy: prometheus",)
     finally:
         stack.compose("start", "prometheus")
         wait_healthy(stack, services=["prometheus"], timeout=90)
-
-
-def test_documentation_step_fails_on_a_command_that_does_not_exist() -> None:
-    from tests.acceptance.test_documentation import commands_answer_help
-
-    staging = type("S", (), {"name": "local://"})()
-    with pytest.raises(AssertionError, match="stack teleport"):
-        commands_answer_help(staging, ["finaiflow-ops --project-dir /srv stack teleport --now"])  # type: ignore[arg-type]
-    with pytest.raises(AssertionError, match="No such option"):
-        commands_answer_help(staging, ["finaiflow-ops stack up --bogus"])  # type: ignore[arg-type]
 
 
 def _put_files(stack: Stack, service: str, directory: str, files: dict[str, tuple[bytes, int]]) -> None:
@@ -127,44 +232,42 @@ def _put_files(stack: Stack, service: str, directory: str, files: dict[str, tupl
     stack.container(service).put_archive(directory, buffer.getvalue())
 
 
-def test_ssl_item_fails_when_the_certificate_expires_within_14_days(stack: Stack) -> None:
+# -- ssl, monitoring ------------------------------------------------------------------------------------
+
+@contextmanager
+def certificate_expiring_in_5_days(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     from finaiflow_ops import tls
     from finaiflow_ops.tls.devca import ensure_dev_ca, issue_from_dev_ca
 
     # `tls install` refuses such a certificate, as it should: put it in place behind its back.
     cert, key = issue_from_dev_ca(tls.configured_domains(stack.env), ca=ensure_dev_ca(), days=5)
-    _put_files(stack, "nginx", "/etc/nginx/ssl", {"cert.pem": (cert, 0o644), "key.pem": (key, 0o600)})
-    stack.exec("nginx", ["nginx", "-s", "reload"])
     try:
-        assert_only_failing(stack, "ssl", "days left")
+        _put_files(stack, "nginx", "/etc/nginx/ssl", {"cert.pem": (cert, 0o644), "key.pem": (key, 0o600)})
+        stack.exec("nginx", ["nginx", "-s", "reload"])
+        yield ("days left",)
     finally:
         tls.install_dev_certificate(stack)
 
 
-def test_monitoring_item_fails_when_a_prometheus_target_is_down(stack: Stack) -> None:
-    import json
-    import time
+def exporter_health(stack: Stack) -> str:
+    """The health Prometheus reports for the ops exporter's target (absent when it has none)."""
+    raw = stack.exec("prometheus", ["curl", "-fsS", "http://127.0.0.1:9090/api/v1/targets?state=active"])
+    targets = json.loads(raw.stdout)["data"]["activeTargets"]
+    return next((t["health"] for t in targets if t["labels"]["job"] == "ops"), "absent")
 
+
+@contextmanager
+def exporter_cut_off(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     exporter = stack.container("ops-exporter")
     network = stack.target.docker().networks.get(f"{stack.project}_default")
-
-    def exporter_health() -> str:
-        raw = stack.exec("prometheus", ["curl", "-fsS", "http://127.0.0.1:9090/api/v1/targets?state=active"])
-        targets = json.loads(raw.stdout)["data"]["activeTargets"]
-        return next((t["health"] for t in targets if t["labels"]["job"] == "ops"), "absent")
-
     # Cut off from the network, the exporter still runs and is healthy: only Prometheus sees it down.
     network.disconnect(exporter)
     try:
-        deadline = time.monotonic() + 60
-        while exporter_health() != "down" and time.monotonic() < deadline:
-            time.sleep(1)
-        assert_only_failing(stack, "monitoring", "ops")
+        wait_until(lambda: exporter_health(stack) == "down", 60)
+        yield ("ops ops-exporter:9188 (down",)
     finally:
         network.connect(exporter, aliases=["ops-exporter"])
-        deadline = time.monotonic() + 60
-        while exporter_health() != "up" and time.monotonic() < deadline:
-            time.sleep(1)
+        wait_until(lambda: exporter_health(stack) == "up", 60)
 
 
 # -- backups ------------------------------------------------------------------------------------------
@@ -214,9 +317,10 @@ def newest_backup_taken_hours_ago(stack: Stack, hours: float) -> Iterator[str]:
         aside.rmdir()
 
 
-def test_backups_item_fails_when_the_newest_verified_backup_is_30_hours_old(stack: Stack) -> None:
+@contextmanager
+def newest_verified_backup_30_hours_old(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     with newest_backup_taken_hours_ago(stack, 30) as name:
-        assert_only_failing(stack, "backups", f"({name}) is 30.0 h old (limit 26 h)")
+        yield (f"({name}) is 30.0 h old (limit 26 h)",)
 
 
 @contextmanager
@@ -250,27 +354,13 @@ def daily_job(stack: Stack, job: Job | None) -> Iterator[None]:
             scheduling.install_units(target, texts)
 
 
-def test_backups_item_fails_when_the_daily_job_is_not_installed(stack: Stack) -> None:
+@contextmanager
+def daily_job_not_installed(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     with daily_job(stack, None):
-        assert_only_failing(stack, "backups", f"no daily backup of {stack.project_dir} in its ")
-
-
-def test_backups_step_fails_when_the_daily_job_runs_a_finaiflow_ops_that_is_gone(stack: Stack) -> None:
-    from tests.acceptance.conftest import Staging
-    from tests.acceptance.test_backups import Backups, scheduled
-
-    gone = "/nonexistent/bin/finaiflow-ops"
-    job = Job(gone, stack.project_dir, str(Path(stack.project_dir) / "backups"))
-    backups = Backups(Staging(stack, ""), gone, stack.env.get("POSTGRES_DB", "finaiflow_db"))
-    with daily_job(stack, job), pytest.raises(AssertionError, match=gone):
-        scheduled(backups)
+        yield (f"no daily backup of {stack.project_dir} in its ",)
 
 
 # -- load ------------------------------------------------------------------------------------------------
-
-# The load item without --run-load only reads the gate's recorded verdict: cheap, so it runs here.
-_WITH_LOAD = "not destructive"
-
 
 def _put_state(stack: Stack, name: str, text: str | None) -> None:
     """Write a state file of the target (releases.py), or remove it when `text` is None."""
@@ -290,8 +380,8 @@ def state_file(stack: Stack, name: str, text: str | None) -> Iterator[None]:
     state_dir = posixpath.join(stack.project_dir, releases.STATE_DIR)
     had_state_dir = stack.target.exists(state_dir)
     before = releases.read_state(stack, name)
-    _put_state(stack, name, text)
     try:
+        _put_state(stack, name, text)
         yield
     finally:
         _put_state(stack, name, before)
@@ -325,17 +415,20 @@ def gate_verdict(stack: Stack, base_url: str, *, failures: int) -> str:
     return json.dumps(report, indent=2) + "\n"
 
 
-def test_load_item_fails_when_the_gate_never_ran_on_the_target(stack: Stack) -> None:
+@contextmanager
+def gate_never_ran(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     with state_file(stack, "loadgate.json", None):
-        assert_only_failing(stack, "load", "the zero-downtime gate never ran here", markers=_WITH_LOAD)
+        yield ("the zero-downtime gate never ran here",)
 
 
-def test_load_item_fails_when_requests_failed_during_the_gates_update(stack: Stack, base_url: str) -> None:
+@contextmanager
+def gate_saw_failed_requests(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     with state_file(stack, "loadgate.json", gate_verdict(stack, base_url, failures=3)):
-        assert_only_failing(stack, "load", "did not pass: update: 3 failed request(s)", markers=_WITH_LOAD)
+        yield ("did not pass: update: 3 failed request(s)",)
 
 
-def test_load_item_with_run_load_fails_when_the_gate_records_nothing(stack: Stack, base_url: str) -> None:
+@contextmanager
+def gate_records_nothing(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     # A passing verdict on record, and another deploy holding the lock: the gate stops at its
     # update without a verdict, and the item must say so instead of reading the old one.
     from finaiflow_ops import releases
@@ -343,24 +436,23 @@ def test_load_item_with_run_load_fails_when_the_gate_records_nothing(stack: Stac
     with state_file(stack, "loadgate.json", gate_verdict(stack, base_url, failures=0)):
         lock = releases.acquire(stack, "a deploy in progress (can-fail test)")
         try:
-            items, output = run_checklist(stack, markers="load", extra=["--run-load"])
+            yield "the gate run by --run-load recorded no verdict", "is locked by"
         finally:
             releases.release(stack, lock)
-    assert items == {"load": "FAIL"}, output[-3000:]
-    for text in ("the gate run by --run-load recorded no verdict", "is locked by"):
-        assert text in output, output[-3000:]
 
 
 # -- rollback -----------------------------------------------------------------------------------------------
 
-def test_rollback_item_fails_when_the_release_history_is_unreadable(stack: Stack) -> None:
+@contextmanager
+def release_history_unreadable(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     # Cut off mid-write by a hand edit: no deploy or rollback may guess what ran before. The drill
     # (destructive, so it runs here on the local stack) stops before it changes anything.
     with state_file(stack, "releases.json", '{"services": {"api": {"current": 3, "releases": ['):
-        assert_only_failing(stack, "rollback", "releases.json on", "is not valid JSON", markers="not load")
+        yield "releases.json on", "is not valid JSON"
 
 
-def test_rollback_item_fails_when_the_release_to_return_to_was_pruned(stack: Stack) -> None:
+@contextmanager
+def release_to_return_to_pruned(stack: Stack, base_url: str) -> Iterator[Sequence[str]]:
     # The history two deploys leave (recorded by the library's own writer, the one deploys use):
     # from a release whose image has since been pruned to the one running now. The drill would
     # still pass (it rolls back to what runs); a real rollback could not.
@@ -374,4 +466,117 @@ def test_rollback_item_fails_when_the_release_to_return_to_was_pruned(stack: Sta
         before = releases.record(stack, Release(0, SERVICE, pruned, "sha256:" + "0" * 64, "", kind="deploy"))
         releases.record(stack, Release(0, SERVICE, running.image, running.image_id, "", kind="deploy",
                                        previous=before.id))
-        assert_only_failing(stack, "rollback", f"{pruned}, whose image is no longer on the target")
+        yield (f"{pruned}, whose image is no longer on the target",)
+
+
+BREAKS: dict[str, Break] = {
+    "env world-readable": Break(frozenset({"env"}), env_world_readable),
+    "migration not applied": Break(frozenset({"database"}), migration_not_applied),
+    "index missing": Break(frozenset({"database"}), index_missing),
+    "prometheus stopped": Break(frozenset({"verification", "monitoring"}), prometheus_stopped),
+    "certificate expiring": Break(frozenset({"ssl"}), certificate_expiring_in_5_days),
+    "exporter cut off": Break(frozenset({"monitoring"}), exporter_cut_off),
+    "backup 30 h old": Break(frozenset({"backups"}), newest_verified_backup_30_hours_old),
+    "daily job not installed": Break(frozenset({"backups"}), daily_job_not_installed),
+    "gate never ran": Break(frozenset({"load"}), gate_never_ran),
+    "gate saw failed requests": Break(frozenset({"load"}), gate_saw_failed_requests),
+    "gate records nothing": Break(frozenset({"load"}), gate_records_nothing),
+    "history unreadable": Break(frozenset({"rollback"}), release_history_unreadable),
+    "release pruned": Break(frozenset({"rollback"}), release_to_return_to_pruned),
+}
+
+# Applied in this order, repaired in the reverse one. Breaks that need what others leave alone come
+# first (the api serving, for a verdict or a history); the slow ones last (a network cut waits until
+# Prometheus sees it, a stopped Prometheus until it is healthy again).
+BATCHES = (
+    Batch("first", ("release pruned", "gate never ran", "backup 30 h old", "migration not applied",
+                    "env world-readable", "prometheus stopped"), markers=_WITH_LOAD),
+    # The rollback drills stop at the unreadable history before they change anything.
+    Batch("second", ("gate saw failed requests", "history unreadable", "daily job not installed",
+                     "index missing", "certificate expiring", "exporter cut off"), markers=_ALL),
+    # The gate run by --run-load is the load item's alone.
+    Batch("run-load", ("gate records nothing",), markers="load", extra=("--run-load",)),
+)
+
+
+def test_batches_break_each_item_once() -> None:
+    assert sorted(n for b in BATCHES for n in b.breaks) == sorted(BREAKS), "every break in one batch"
+    for batch in BATCHES:
+        items = [item for name in batch.breaks for item in BREAKS[name].items]
+        assert len(items) == len(set(items)), f"batch {batch.name} breaks an item twice: {sorted(items)}"
+
+
+# -- the tests: one per break ---------------------------------------------------------------------------
+
+def test_env_item_fails_when_the_env_is_world_readable(can_fail: CanFail) -> None:
+    can_fail.assert_fails("env world-readable")
+
+
+def test_database_item_fails_when_a_migration_is_not_applied(can_fail: CanFail) -> None:
+    can_fail.assert_fails("migration not applied")
+
+
+def test_database_item_fails_when_an_index_is_missing(can_fail: CanFail) -> None:
+    can_fail.assert_fails("index missing")
+
+
+def test_verification_and_monitoring_fail_when_prometheus_is_stopped(can_fail: CanFail) -> None:
+    can_fail.assert_fails("prometheus stopped")
+
+
+def test_documentation_step_fails_on_a_command_that_does_not_exist() -> None:
+    from tests.acceptance.test_documentation import commands_answer_help
+
+    staging = type("S", (), {"name": "local://"})()
+    with pytest.raises(AssertionError, match="stack teleport"):
+        commands_answer_help(staging, ["finaiflow-ops --project-dir /srv stack teleport --now"])  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match="No such option"):
+        commands_answer_help(staging, ["finaiflow-ops stack up --bogus"])  # type: ignore[arg-type]
+
+
+def test_ssl_item_fails_when_the_certificate_expires_within_14_days(can_fail: CanFail) -> None:
+    can_fail.assert_fails("certificate expiring")
+
+
+def test_monitoring_item_fails_when_a_prometheus_target_is_down(can_fail: CanFail) -> None:
+    can_fail.assert_fails("exporter cut off")
+
+
+def test_backups_item_fails_when_the_newest_verified_backup_is_30_hours_old(can_fail: CanFail) -> None:
+    can_fail.assert_fails("backup 30 h old")
+
+
+def test_backups_item_fails_when_the_daily_job_is_not_installed(can_fail: CanFail) -> None:
+    can_fail.assert_fails("daily job not installed")
+
+
+def test_backups_step_fails_when_the_daily_job_runs_a_finaiflow_ops_that_is_gone(stack: Stack) -> None:
+    from tests.acceptance.conftest import Staging
+    from tests.acceptance.test_backups import Backups, scheduled
+
+    gone = "/nonexistent/bin/finaiflow-ops"
+    job = Job(gone, stack.project_dir, str(Path(stack.project_dir) / "backups"))
+    backups = Backups(Staging(stack, ""), gone, stack.env.get("POSTGRES_DB", "finaiflow_db"))
+    with daily_job(stack, job), pytest.raises(AssertionError, match=gone):
+        scheduled(backups)
+
+
+def test_load_item_fails_when_the_gate_never_ran_on_the_target(can_fail: CanFail) -> None:
+    can_fail.assert_fails("gate never ran")
+
+
+def test_load_item_fails_when_requests_failed_during_the_gates_update(can_fail: CanFail) -> None:
+    can_fail.assert_fails("gate saw failed requests")
+
+
+def test_load_item_with_run_load_fails_when_the_gate_records_nothing(can_fail: CanFail) -> None:
+    run = can_fail.assert_fails("gate records nothing")
+    assert run.items == {"load": "FAIL"}, run.output[-_TAIL:]
+
+
+def test_rollback_item_fails_when_the_release_history_is_unreadable(can_fail: CanFail) -> None:
+    can_fail.assert_fails("history unreadable")
+
+
+def test_rollback_item_fails_when_the_release_to_return_to_was_pruned(can_fail: CanFail) -> None:
+    can_fail.assert_fails("release pruned")

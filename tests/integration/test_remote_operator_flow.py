@@ -5,17 +5,29 @@ the host named by an alias of the test's own ssh config (Port 2222, not 22).
 The tests run in order and build on each other, as an operator's session does: host setup, image
 push, env generate, `stack up --staging`, deploys and rollbacks under load, backup, full restore
 and undo, drill, check, the checklist and the load gate, then the faults.
+
+The VPS is Debian 12 with its own engine, cron and age, but no compose v2 and no finaiflow-ops, and
+it cannot reach the package index: what `host setup` installs there comes through apt (compose v2,
+from trixie) or over the SSH connection (finaiflow-ops's wheels). The second run must change
+nothing; `image push` must send an image once, then skip it by id, and tag rather than re-send
+an id the host has under another name.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +75,68 @@ def remote_stack(vps: RemoteVps) -> Stack:
 
 # -- setting the host up -----------------------------------------------------------------------------
 
-def test_host_setup_installs_compose_and_finaiflow_ops_on_the_host(vps: RemoteVps) -> None:
-    assert vps.ssh("docker", "compose", "version").returncode != 0, "the fresh VPS has compose v2 already"
-    ok(ops(vps, "--yes", "host", "setup", timeout=900))
-    assert vps.ssh("docker", "compose", "version").returncode == 0
-    installed = vps.ssh("finaiflow-ops", "--version")
-    assert installed.returncode == 0 and "finaiflow-ops" in installed.stdout, installed.stderr
-    assert vps.ssh("test", "-d", PROJECT).returncode == 0
-    again = ok(ops(vps, "--json", "--yes", "host", "setup", timeout=600))
-    assert json.loads(again.stdout)["changes"] == [], again.stdout
+@dataclass(frozen=True)
+class Run:
+    result: subprocess.CompletedProcess[str]
+    seconds: float
 
+    def json(self) -> Any:
+        assert self.result.returncode == 0, f"exit {self.result.returncode}: {self.result.stderr[-3000:]}"
+        return json.loads(self.result.stdout)
+
+
+def timed(vps: RemoteVps, *args: str) -> Run:
+    """`finaiflow-ops --target VPS ARGS` (no --project-dir: `host setup` is given its own), timed."""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "finaiflow_ops.cli", "--target", vps.url, *args],
+                            capture_output=True, text=True, timeout=1200, check=False)
+    return Run(result, time.monotonic() - started)
+
+
+@pytest.fixture(scope="module")
+def first_setup(vps: RemoteVps) -> Run:
+    assert vps.ssh("docker", "compose", "version").returncode != 0, "the VPS should start without compose v2"
+    assert vps.ssh("sh", "-c", "command -v finaiflow-ops").returncode != 0
+    return timed(vps, "--yes", "--json", "host", "setup", "--project-dir", PROJECT)
+
+
+def test_setup_installs_compose_v2_and_a_working_finaiflow_ops_on_the_host(
+        vps: RemoteVps, first_setup: Run) -> None:
+    print(f"host setup, first run: {first_setup.seconds:.1f} s")  # shown with pytest -s
+    done = first_setup.json()
+    compose = vps.ssh("docker", "compose", "version", "--short")
+    assert compose.returncode == 0, f"no compose v2 on the VPS after setup: {compose.stderr}"
+    assert done["compose"] == compose.stdout.strip() and done["compose"].startswith("2.")
+
+    # finaiflow-ops runs ON the host, from PATH, as the daily backup's cron entry will run it.
+    version = importlib.metadata.version("finaiflow-ops")
+    there = vps.ssh("finaiflow-ops", "--version")
+    assert there.stdout.strip() == f"finaiflow-ops, version {version}", there.stderr
+    assert done["finaiflow_ops"] == version and done["sent_bytes"] > 0
+
+    mode = vps.ssh("stat", "-c", "%a %U", PROJECT).stdout.split()
+    assert mode == ["750", "root"], f"{PROJECT} on the VPS: {mode}"
+    # Only that changed: the engine, cron and age were in place, and are not reported.
+    changes = [re.sub(r" \([0-9a-f]{12}\)$", "", change) for change in done["changes"]]  # the wheel's digest
+    assert changes == [f"installed compose v2 {done['compose']}", f"installed finaiflow-ops {version}",
+                       f"created {PROJECT} (mode 0750, owner root)"]
+
+
+def test_a_second_setup_changes_nothing_and_sends_nothing(
+        vps: RemoteVps, first_setup: Run) -> None:
+    first_setup.json()
+    # --project-dir before the command this time, as `ops` passes it: the same directory.
+    second = timed(vps, "--project-dir", PROJECT, "--yes", "--json", "host", "setup")
+    print(f"host setup, second run: {second.seconds:.1f} s")
+    done = second.json()
+    assert done["changes"] == [] and done["changed"] is False, done["changes"]
+    assert done["sent_bytes"] == 0
+    assert "installing finaiflow-ops" not in second.result.stderr
+    text = timed(vps, "--yes", "host", "setup").result
+    assert text.returncode == 0 and "nothing changed" in text.stdout, text.stderr
+
+
+# -- image push ---------------------------------------------------------------------------------------
 
 def test_image_push_sends_what_the_host_lacks_and_skips_the_rest(vps: RemoteVps) -> None:
     first = ok(ops(vps, "--json", "image", "push", *IMAGES, timeout=900))
@@ -86,6 +150,63 @@ def test_image_push_sends_what_the_host_lacks_and_skips_the_rest(vps: RemoteVps)
 def test_a_missing_local_image_is_refused_naming_it(vps: RemoteVps) -> None:
     done = ops(vps, "image", "push", "finaiflow/api:0.0.0-missing")
     assert done.returncode == 2 and "finaiflow/api:0.0.0-missing" in last_line(done), done.stderr
+
+
+def _local_docker(*args: str, input: bytes | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    return subprocess.run(["docker", *args], input=input, capture_output=True, check=True, timeout=120,
+                          env=env).stdout.decode().strip()
+
+
+@pytest.fixture
+def small_image() -> Iterator[str]:
+    """An image of this test's own on this machine (one small file, so a new id each run)."""
+    token = secrets.token_hex(6)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        data = f"push test {token}\n".encode() * 1000
+        info = tarfile.TarInfo("push-test.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    name = f"finaiflow/push-test:{token}"
+    _local_docker("import", "-", name, input=archive.getvalue())
+    try:
+        yield name
+    finally:
+        _local_docker("image", "rm", "-f", name, f"{name}-again")
+
+
+def test_push_sends_an_image_once_then_skips_it_and_tags_a_known_id(
+        vps: RemoteVps, small_image: str) -> None:
+    local_id = _local_docker("image", "inspect", "-f", "{{.Id}}", small_image)
+
+    first = timed(vps, "--json", "image", "push", small_image).json()
+    print(f"image push: {first['bytes']} bytes sent in {first['seconds']:.1f} s")
+    pushed = [(i["image"], i["image_id"], i["action"]) for i in first["images"]]
+    assert pushed == [(small_image, local_id, "pushed")]
+    assert 0 < first["bytes"] < first["image_bytes"], first  # gzip on the way
+    there = vps.ssh("docker", "image", "inspect", "-f", "{{.Id}}", small_image)
+    assert there.stdout.strip() == local_id, there.stderr
+
+    again = timed(vps, "--json", "image", "push", small_image).json()
+    assert ([i["action"] for i in again["images"]], again["bytes"]) == (["skipped"], 0)
+
+    # The same id under another name: tagged on the host, not sent again.
+    _local_docker("tag", small_image, f"{small_image}-again")
+    tagged = timed(vps, "--json", "image", "push", small_image, f"{small_image}-again").json()
+    assert ([i["action"] for i in tagged["images"]], tagged["bytes"]) == (["skipped", "tagged"], 0)
+    there = vps.ssh("docker", "image", "inspect", "-f", "{{.Id}}", f"{small_image}-again")
+    assert there.stdout.strip() == local_id, there.stderr
+
+
+def test_push_of_a_missing_local_image_is_a_usage_error_and_sends_nothing(
+        vps: RemoteVps, small_image: str) -> None:
+    missing = f"finaiflow/never-built:{secrets.token_hex(4)}"
+    done = timed(vps, "image", "push", small_image, missing).result
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: no image {missing} on this machine"), last
+    assert vps.ssh("docker", "image", "inspect", small_image).returncode != 0, "the image present was sent"
 
 
 def test_env_generate_writes_the_env_on_the_host_mode_0600(vps: RemoteVps) -> None:
@@ -129,7 +250,7 @@ def _timed(vps: RemoteVps, kind: str, *args: str, on_host: bool = False) -> dict
 def test_deploys_and_rollbacks_under_load_drop_no_request_over_one_connection(vps: RemoteVps) -> None:
     with traffic(f"https://{vps.address}", users=8, max_seconds=600, servername=DOMAIN) as samples:
         time.sleep(3)
-        for on_host in (False, True, False):
+        for on_host in (False, True):  # over ssh, then by the host's own finaiflow-ops
             deployed = _timed(vps, "deploy", "deploy", "api", "--image", RELEASES[1], "--no-backup",
                               on_host=on_host)
             rolled = _timed(vps, "rollback", "rollback", "api", on_host=on_host)

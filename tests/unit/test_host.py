@@ -1,6 +1,6 @@
 """host setup and image push: the decisions they make from facts (no host, no engine needed).
 
-The real runs against a VPS over SSH are in tests/integration/test_host_setup.py.
+The real runs against a VPS over SSH are in tests/integration/test_remote_operator_flow.py.
 """
 
 from __future__ import annotations
