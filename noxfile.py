@@ -28,7 +28,6 @@ def tests(session: nox.Session) -> None:
     """The full suite: unit, integration and the acceptance checklist against the session's stack
     (tests/conftest.py: brought up unless the reference stack already runs)."""
     install(session, "test", "load")
-    session.install("pytest-xdist>=3.6")
     # --run-load: the checklist's load item runs the zero-downtime gate on the session's stack.
     # -n 2 --dist loadgroup: the tests on the session's stack and those on VPS and swarm containers
     # run side by side, each part in one worker and in order (tests/conftest.py: run_group).

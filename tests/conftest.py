@@ -59,7 +59,7 @@ def run_group(nodeid: str) -> str | None:
     return next((group for group, names in RUN_GROUPS.items() if path.name in names), "stack")
 
 
-@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest-xdist is installed by `nox -s tests` only
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: it applies only when pytest runs with -n
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadgroup`: one work unit per group of run_group, each in one worker, in order.
 
