@@ -133,6 +133,8 @@ def stack(request: pytest.FixtureRequest, target: Target,
     copy: Path | None = None
     if given is not None or not target.is_local:
         project_dir = given or str(REPO_STACK)
+        if target.is_local:  # as the CLI does: a local project directory by its absolute path
+            project_dir = str(Path(project_dir).resolve())
     else:
         project_dir, copy = session_project_dir(target, tmp_path_factory)
     if target.is_local:
