@@ -27,8 +27,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from finaiflow_ops import polling
-from finaiflow_ops.backends.compose.state import Inspect, ServiceState, names
+from finaiflow_ops.backends.compose.state import ServiceState, names
 from finaiflow_ops.backends.protocol import Outcome, Roll, Running, Settings, Step
+from finaiflow_ops.docker_inspect import Inspect
 from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError, UsageError
 from finaiflow_ops.images import image_id, image_revisions, image_variable_in, parse_duration, set_env_value
 from finaiflow_ops.progress import Progress

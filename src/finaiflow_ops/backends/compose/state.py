@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 from finaiflow_ops.proxy import Upstream
 from finaiflow_ops.status import ContainerInfo
 
-__all__ = ["Inspect", "ServiceState", "epoch", "names"]
+__all__ = ["ServiceState", "names"]
 
 
 @dataclass(frozen=True)
@@ -60,33 +58,6 @@ class ServiceState:
         They get no grace period; one still starting has no SIGTERM handler yet (PID 1 ignores it)."""
         newest = max((self.created.get(c.id, 0.0) for c in self.serving), default=0.0)
         return [c for c in self.extras if self.created.get(c.id, 0.0) > newest]
-
-
-@dataclass(frozen=True)
-class Inspect:
-    """The fields of `docker container inspect` the roll reads."""
-
-    created: float  # epoch seconds
-    exit_code: str  # "?" when the engine does not say
-    health_output: str  # the last health check's output, on one line ("no health output")
-
-    @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any]) -> Inspect:
-        state = attrs.get("State") or {}
-        log = (state.get("Health") or {}).get("Log") or []
-        output = "no health output"
-        if log:
-            last = log[-1]
-            output = " ".join(str(last.get("Output", "")).split())[:200] or f"exit {last.get('ExitCode')}"
-        created = epoch(attrs["Created"]) if attrs.get("Created") else 0.0
-        return cls(created, str(state.get("ExitCode", "?")), output)
-
-
-def epoch(docker_time: str) -> float:
-    """Docker's RFC 3339 time with nanoseconds ("2026-11-24T03:06:27.017640131Z") as epoch seconds."""
-    head, _, rest = docker_time.rstrip("Z").partition(".")
-    fraction = float(f"0.{rest[:6]}") if rest else 0.0
-    return datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp() + fraction
 
 
 def names(containers: Sequence[ContainerInfo]) -> str:
