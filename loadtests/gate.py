@@ -194,8 +194,8 @@ class Gate:
         proxy.switch_gracefully(Upstream.of(self.service, [self.service], port))
         time.sleep(self.settle)  # outside any window: the runbook's stack starts from rest
         var = rollout.image_variable(self.stack, self.service)
-        rollout.compose_with(self.stack, {var: image}, "up", "-d", "--no-deps", "--scale",
-                             f"{self.service}=2", self.service, timeout=300)
+        self.stack.compose("up", "-d", "--no-deps", "--scale", f"{self.service}=2", self.service,
+                           env={var: image}, timeout=300)
 
 
 def _progress(message: str) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from finaiflow_ops import releases
@@ -53,7 +53,6 @@ from finaiflow_ops.images import (
 from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.releases import Release
 from finaiflow_ops.stack import Stack
-from finaiflow_ops.target import CommandResult
 
 __all__ = [
     "DeployFailed",
@@ -62,7 +61,6 @@ __all__ = [
     "Plan",
     "available_images",
     "check_rollback",
-    "compose_with",
     "deploy",
     "image_id",
     "image_revisions",
@@ -115,13 +113,6 @@ class Plan:
 
 
 # -- small primitives, usable on their own ------------------------------------------------------------
-
-
-def compose_with(
-    stack: Stack, env: Mapping[str, str], *args: str, timeout: float | None = None
-) -> CommandResult:
-    """`docker compose` for the stack with extra environment variables (they win over .env)."""
-    return stack.compose(*args, env=env, timeout=timeout)
 
 
 def available_images(stack: Stack, service: str) -> list[str]:

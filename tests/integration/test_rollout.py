@@ -335,8 +335,8 @@ def test_rolling_back_across_a_migration_the_older_release_does_not_know_needs_y
             assert version(base_url) == found.version  # the older release runs on the newer schema
         finally:
             # Put the schema back with the release that knows the migration, before its image goes.
-            rollout.compose_with(stack, {rollout.image_variable(stack, SERVICE): newer}, "run", "--rm",
-                                 "--no-deps", "-T", SERVICE, "alembic", "downgrade", "0001_initial")
+            stack.compose("run", "--rm", "--no-deps", "-T", SERVICE, "alembic", "downgrade", "0001_initial",
+                          env={rollout.image_variable(stack, SERVICE): newer})
             if {c.image for c in serving(stack)} != {found.image}:
                 rollout.deploy(stack, SERVICE, found.image, replicas=found.replicas, backup=False)
     assert stack.psql("SELECT version_num FROM alembic_version") == [["0001_initial"]]
