@@ -7,6 +7,7 @@ from pytest_bdd import parsers, scenarios, then
 
 from finaiflow_ops import monitoring
 from finaiflow_ops.monitoring import MonitoringStatus, Prometheus
+from finaiflow_ops.stack import Stack
 from tests.acceptance.conftest import Staging
 
 scenarios("monitoring.feature")
@@ -14,9 +15,11 @@ scenarios("monitoring.feature")
 JOBS = {"the api": "api", "the ops exporter": "ops"}
 
 
-@pytest.fixture
-def prometheus_view(staging: Staging) -> MonitoringStatus:
-    return monitoring.status(staging.stack, scraped_within=30)
+@pytest.fixture(scope="module")
+def prometheus_view(stack: Stack) -> MonitoringStatus:
+    """Prometheus' view, taken once for the item's scenarios (targets, rules, alerts): its wait
+    for every target up (at most 30 s) is paid once, not once per scenario, when one stays down."""
+    return monitoring.status(stack, scraped_within=30)
 
 
 @then("Prometheus reports every target up, the api, the ops exporter and itself included")
