@@ -85,6 +85,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run scenarios that change the target on a remote target too")
     group.addoption("--run-load", action="store_true",
                     help="run the zero-downtime load gate instead of reading its last recorded result")
+    group.addoption("--gate-option", action="append", default=[], metavar="OPTION",
+                    help="an option for the gate --run-load runs (repeatable: --gate-option=--no-runbook)")
 
 
 @pytest.fixture(scope="session")

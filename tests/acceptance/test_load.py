@@ -4,6 +4,7 @@ The gate (`nox -s load`, loadtests/gate.py) writes its verdict to PROJECT_DIR/.f
 loadgate.json on the target. With --run-load this scenario runs the gate first (about ninety
 seconds; it deploys and rolls back, so on a remote target only with --allow-destructive).
 Without it, a target where the gate never ran fails this item, naming how to run it.
+--gate-option passes options to that gate (the suite's CI run: --no-runbook).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def gate_verdict(request: pytest.FixtureRequest, staging: Staging) -> dict[str, 
         before = releases.read_state(staging.stack, "loadgate.json")
         gate = subprocess.run(
             [sys.executable, "-m", "loadtests.gate", "--target", staging.name, "--project-dir",
-             staging.stack.project_dir, "--host", staging.base_url],
+             staging.stack.project_dir, "--host", staging.base_url,
+             *request.config.getoption("--gate-option")],
             cwd=REPO, timeout=900, check=False, stderr=subprocess.PIPE, text=True,
         )
         sys.stderr.write(gate.stderr)  # its progress, kept in the test's captured output

@@ -310,6 +310,10 @@ def test_the_checklist_and_the_load_gate_pass_against_the_remote_staging(vps: Re
     assert " failed" not in summary and "passed" in summary, summary
     verdict = json.loads(remote_stack(vps).target.read_text(f"{PROJECT}/.finaiflow/loadgate.json"))
     assert verdict["passed"], verdict["problems"]
+    # The whole gate: the suite's local checklist runs it without the runbook's baseline (noxfile.py),
+    # so the runbook's update and our restore from it are proven here.
+    phases = [w["phase"] for w in verdict["windows"]]
+    assert {"update", "rollback", "runbook", "restore"} <= set(phases), phases
 
 
 # -- TLS from an ACME server ------------------------------------------------------------------------
