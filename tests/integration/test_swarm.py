@@ -1,6 +1,8 @@
-"""The stack on a single-node Docker Swarm: `stack up` with Docker secrets, rolling update and
-rollback through the engine under locust traffic, a broken release refused, backups and a restore
-drill against the database task, secret rotation, and `stack down`.
+"""The stack on a single-node Docker Swarm: `stack up` with Docker secrets, a broken release refused
+and rolled back by the engine, a rollback across a migration, backups and a restore drill against
+the database task, `check`, secret rotation, and `stack down`. The rolling update and rollback
+through the engine under locust traffic, with every fact it leaves (release, .env, history, no
+migration job left), is test_swarm_multinode's: the same CLI and engine update, on three nodes.
 
 The swarm is one Docker engine in a container on this machine (tests/swarm_support.py), reached
 through DOCKER_HOST for the whole module, as an operator reaches a remote manager; this machine's
@@ -18,14 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from loadtests.gate import traffic
 
 from finaiflow_ops import envfile
 from finaiflow_ops.backends.swarm.cluster import Swarm
 from finaiflow_ops.monitoring import Prometheus
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
-from tests.rollout_support import BROKEN, NOTE_MIGRATION, build_image, built, failures, remove_image
+from tests.rollout_support import BROKEN, NOTE_MIGRATION, build_image, built, remove_image
 from tests.swarm_support import Cluster, cli, free_port, make_project, ok, swarm_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
@@ -129,38 +130,6 @@ def test_env_secrets_are_docker_secrets_and_appear_nowhere_in_the_deployed_specs
         assert value not in stack_file, f"{key}'s value is in the stack file"
     api_env = json.loads(inspected)[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
     assert any(e.startswith("SECRET_KEY_FILE=/run/secrets/") for e in api_env), api_env
-
-
-def test_rolling_update_and_rollback_through_the_engine_drop_no_request(swarm: Swarm, base_url: str) -> None:
-    assert _version(base_url) == "1.0.0"
-    directory = Path(swarm.stack.project_dir)
-    with traffic(base_url, users=6, max_seconds=400) as samples:
-        time.sleep(3)
-        deployed = cli(directory, "--json", "deploy", "api", "--image", NEW, "--no-backup")
-        after_deploy = _version(base_url)
-        rolled = cli(directory, "--json", "rollback", "api")
-        after_rollback = _version(base_url)
-        time.sleep(3)
-    result = json.loads(ok(deployed))
-    back = json.loads(ok(rolled))
-    assert (after_deploy, after_rollback) == ("1.1.0", "1.0.0")
-    assert result["release"]["image"] == NEW and back["release"]["kind"] == "rollback", (result, back)
-    done = samples()
-    assert len(done) > 100, f"only {len(done)} requests: the load did not run"
-    assert failures(done) == [], failures(done)[:10]
-    assert {t.image for t in swarm.tasks("api")} == {OLD}
-    assert envfile.parse((Path(swarm.stack.project_dir) / ".env").read_text())["API_IMAGE"] == OLD
-    history = json.loads(ok(cli(Path(swarm.stack.project_dir), "--json", "releases", "api")))
-    assert [r["kind"] for r in history["releases"]][-2:] == ["deploy", "rollback"], history
-    jobs = _docker(
-        "ps", "-a", "--filter", f"label=com.docker.swarm.service.name={PROJECT}_job", "--format", "{{.Names}}"
-    ).stdout.split()
-    leftovers = [
-        n
-        for n in _docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
-        if n.startswith(f"{PROJECT}_job")
-    ]
-    assert jobs == leftovers == [], f"migration job containers left behind: {leftovers}"
 
 
 def test_a_release_that_never_gets_healthy_is_rolled_back_by_the_engine(swarm: Swarm, base_url: str) -> None:

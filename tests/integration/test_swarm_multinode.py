@@ -1,8 +1,8 @@
 """A real multi-node swarm: three Docker engines in containers (docker-in-docker, from
 stack/swarm-node), two managers and a worker on a network the test makes, the stack deployed with
 3 api replicas spread over the nodes and the database on a labelled node; a rolling update and a
-rollback under locust traffic, a backup taken from the database task on another node, and a
-worker killed in the middle of an update.
+rollback under locust traffic (the swarm's one: test_swarm's single node has none of its own), a
+backup taken from the database task on another node, and a worker killed in the middle of an update.
 
 How the nodes run without --privileged: tests/swarm_support.py.
 """
@@ -22,6 +22,7 @@ import httpx
 import pytest
 from loadtests.gate import Sample, traffic
 
+from finaiflow_ops import envfile
 from tests.rollout_support import failures
 from tests.swarm_support import Cluster, cli, docker, free_port, make_project, ok, swarm_cluster
 
@@ -137,7 +138,11 @@ def _version(base_url: str) -> str:
 
 
 def test_rolling_update_and_rollback_across_nodes_drop_no_request(cluster: Deployed) -> None:
+    """Also the swarm's rolling update and rollback as test_swarm would prove them on its single
+    node (the same CLI, the same engine update; here with tasks on every node): the release each
+    records, the .env and the history they leave, and no migration job container on any node."""
     base = cluster.base_url()
+    assert _version(base) == "1.0.0"
     with traffic(base, users=6, max_seconds=600) as samples:
         time.sleep(3)
         deployed = cluster.cli("--json", "deploy", "api", "--image", NEW, "--no-backup")
@@ -145,15 +150,25 @@ def test_rolling_update_and_rollback_across_nodes_drop_no_request(cluster: Deplo
         rolled = cluster.cli("--json", "rollback", "api")
         back = _version(base)
         time.sleep(3)
-    ok(deployed)
-    ok(rolled)
+    result, undone = json.loads(ok(deployed)), json.loads(ok(rolled))
     assert (after, back) == ("1.1.0", "1.0.0")
+    assert result["release"]["image"] == NEW and undone["release"]["kind"] == "rollback", (result, undone)
     done = samples()
     assert len(done) > 100, f"only {len(done)} requests: the load did not run"
     assert failures(done) == [], failures(done)[:10]
     # Three tasks of the old release; where start-first put them is the scheduler's choice.
     running = [t for t in cluster.tasks("api") if t["CurrentState"].startswith("Running")]
     assert len(running) == 3 and {t["Image"] for t in running} == {OLD}, running
+    assert {t["Image"] for t in cluster.tasks("api")} == {OLD}, cluster.tasks("api")
+    assert envfile.parse((cluster.project / ".env").read_text())["API_IMAGE"] == OLD
+    history = json.loads(ok(cluster.cli("--json", "releases", "api")))
+    assert [r["kind"] for r in history["releases"]][-2:] == ["deploy", "rollback"], history
+    for node in cluster.nodes:  # the migration job ran as a swarm task, on whichever node
+        jobs = cluster.on(node, "ps", "-a", "--filter", f"label=com.docker.swarm.service.name={PROJECT}_job",
+                          "--format", "{{.Names}}").stdout.split()
+        leftovers = [n for n in cluster.on(node, "ps", "-a", "--format", "{{.Names}}").stdout.split()
+                     if n.startswith(f"{PROJECT}_job")]
+        assert jobs == leftovers == [], f"migration job containers left behind on {node}: {leftovers}"
 
 
 def test_a_worker_killed_during_an_update_leaves_the_service_serving(cluster: Deployed) -> None:
