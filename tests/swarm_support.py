@@ -12,6 +12,7 @@ manager through DOCKER_HOST and the other nodes through their `finaiflow.docker-
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -196,31 +197,48 @@ def _start_node(name: str, network: str, shared: Path | None) -> str:
     ).stdout.strip()
 
 
+# The stack images saved once per test process (the swarms of test_swarm and test_swarm_multinode load
+# the same ones), by the ids they had: an image rebuilt in between is saved again.
+_SAVED: dict[tuple[str, ...], Path] = {}
+
+
+def _saved_images() -> Path:
+    ids = tuple(docker("image", "inspect", "-f", "{{.Id}}", *IMAGES).stdout.split())
+    saved = _SAVED.get(ids)
+    if saved is None or not saved.exists():
+        fd, name = tempfile.mkstemp(prefix="finaiflow-swarm-images-", suffix=".tar")
+        os.close(fd)
+        saved = Path(name)
+        atexit.register(saved.unlink, missing_ok=True)
+        docker("save", "-o", name, *IMAGES, timeout=300)
+        _SAVED[ids] = saved
+    return saved
+
+
 def _load_images(nodes: tuple[str, ...]) -> None:
     """One `docker save` of every stack image (shared layers once), loaded into each node at once."""
-    with tempfile.NamedTemporaryFile(suffix=".tar") as tar:
-        docker("save", "-o", tar.name, *IMAGES, timeout=300)
-        errors: list[str] = []
+    tar = _saved_images()
+    errors: list[str] = []
 
-        def load(node: str) -> None:
-            with Path(tar.name).open("rb") as source:
-                done = subprocess.run(
-                    ["docker", "exec", "-i", node, "docker", "load", "-q"],
-                    stdin=source,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                    check=False,
-                )
-            if done.returncode:
-                errors.append(f"{node}: {done.stderr.strip()}")
+    def load(node: str) -> None:
+        with tar.open("rb") as source:
+            done = subprocess.run(
+                ["docker", "exec", "-i", node, "docker", "load", "-q"],
+                stdin=source,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+        if done.returncode:
+            errors.append(f"{node}: {done.stderr.strip()}")
 
-        threads = [threading.Thread(target=load, args=(n,)) for n in nodes]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=700)
-        assert not errors, errors
+    threads = [threading.Thread(target=load, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=700)
+    assert not errors, errors
 
 
 @contextmanager
