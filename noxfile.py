@@ -17,6 +17,8 @@ nox.options.reuse_venv = "yes"
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 STACK_DIR = "stack"
 LOCAL_RATE_LIMIT = 2000  # one client address (Docker's port proxy) carries all local load
+ROLLBACK_DRILL = ("tests/acceptance/test_rollback.py::"
+                  "test_a_rollback_drill_returns_to_the_previous_release_in_seconds_without_a_failed_request")
 
 
 def install(session: nox.Session, *groups: str) -> None:
@@ -29,13 +31,16 @@ def tests(session: nox.Session) -> None:
     (tests/conftest.py: brought up unless the reference stack already runs)."""
     install(session, "test", "load")
     # --run-load: the checklist's load item runs the zero-downtime gate on the session's stack,
-    # without the runbook's baseline (--no-runbook: its update, and our restore from it, about 40 s):
-    # the whole gate, runbook and restore included, runs in the same suite against the remote VPS
-    # (test_remote_operator_flow: the checklist with --run-load there).
+    # without the runbook's baseline (--no-runbook: its update, and our restore from it, about 40 s);
+    # and the rollback item's update-and-rollback drill is left out, since that gate, in the same
+    # checklist run, makes the same update and rollback through the same library under traffic, and
+    # fails on a failed request or a rollback slower than 10 s (the drill's limit). Both run in full
+    # in the same suite against the remote VPS (test_remote_operator_flow: the whole checklist with
+    # --run-load there).
     # -n 2 --dist loadgroup: the tests on the session's stack and those on VPS and swarm containers
     # run side by side, each part in one worker and in order (tests/conftest.py: run_group).
     session.run("pytest", "tests", "-n", "2", "--dist", "loadgroup", "--junitxml=reports/tests.xml",
-                "--run-load", "--gate-option=--no-runbook", *session.posargs)
+                "--run-load", "--gate-option=--no-runbook", "--deselect", ROLLBACK_DRILL, *session.posargs)
 
 
 @nox.session
