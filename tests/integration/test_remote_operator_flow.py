@@ -311,7 +311,7 @@ def test_the_checklist_and_the_load_gate_pass_against_the_remote_staging(vps: Re
     verdict = json.loads(remote_stack(vps).target.read_text(f"{PROJECT}/.finaiflow/loadgate.json"))
     assert verdict["passed"], verdict["problems"]
     # The whole gate and the whole checklist: the suite's local checklist runs the gate without the
-    # runbook's baseline and leaves out the rollback drill (noxfile.py), which are proven here.
+    # runbook's baseline and leaves out the rollback drills (noxfile.py), which are proven here.
     phases = [w["phase"] for w in verdict["windows"]]
     assert {"update", "rollback", "runbook", "restore"} <= set(phases), phases
 
