@@ -132,32 +132,12 @@ def test_env_secrets_are_docker_secrets_and_appear_nowhere_in_the_deployed_specs
     assert any(e.startswith("SECRET_KEY_FILE=/run/secrets/") for e in api_env), api_env
 
 
-def test_a_release_that_never_gets_healthy_is_rolled_back_by_the_engine(swarm: Swarm, base_url: str) -> None:
-    tag = "finaiflow/api:broken-swarm"
-    build_image(swarm.stack, tag, OLD, BROKEN["never-healthy"])
-    try:
-        refused = cli(
-            Path(swarm.stack.project_dir),
-            "deploy",
-            "api",
-            "--image",
-            tag,
-            "--no-backup",
-            "--no-migrate",
-            timeout=400,
-        )
-    finally:
-        remove_image(swarm.stack, tag)
-    assert refused.returncode == 1, refused.stderr[-2000:]
-    last = refused.stderr.strip().splitlines()[-1]
-    assert "rolled back" in last and tag in last, last
-    assert {t.image for t in swarm.tasks("api") if t.state == "running"} == {OLD}
-    assert _version(base_url) == "1.0.0"
-
-
 def test_rolling_back_across_a_migration_the_older_release_does_not_know_needs_yes(
     swarm: Swarm, base_url: str
 ) -> None:
+    # The module's first deploy: it records the release running since `stack up` with the Alembic
+    # revisions it knows, which the rollback then checks (a --no-migrate deploy, as the next test's,
+    # records it without them, and a rollback to such a release is not checked).
     directory = Path(swarm.stack.project_dir)
     newer = "finaiflow/api:1.2.0-swarm"
     lines = ["ENV RELEASE=1.2.0-swarm", "LABEL org.opencontainers.image.version=1.2.0-swarm"]
@@ -180,6 +160,29 @@ def test_rolling_back_across_a_migration_the_older_release_does_not_know_needs_y
             if {t.image for t in swarm.tasks("api")} != {OLD}:
                 ok(cli(directory, "deploy", "api", "--image", OLD, "--no-backup", "--no-migrate"))
     assert swarm.stack.psql("SELECT version_num FROM alembic_version") == [["0001_initial"]]
+
+
+def test_a_release_that_never_gets_healthy_is_rolled_back_by_the_engine(swarm: Swarm, base_url: str) -> None:
+    tag = "finaiflow/api:broken-swarm"
+    build_image(swarm.stack, tag, OLD, BROKEN["never-healthy"])
+    try:
+        refused = cli(
+            Path(swarm.stack.project_dir),
+            "deploy",
+            "api",
+            "--image",
+            tag,
+            "--no-backup",
+            "--no-migrate",
+            timeout=400,
+        )
+    finally:
+        remove_image(swarm.stack, tag)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "rolled back" in last and tag in last, last
+    assert {t.image for t in swarm.tasks("api") if t.state == "running"} == {OLD}
+    assert _version(base_url) == "1.0.0"
 
 
 def test_backup_and_restore_drill_run_against_the_database_task(swarm: Swarm) -> None:
