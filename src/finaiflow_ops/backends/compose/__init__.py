@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from finaiflow_ops import health
+from finaiflow_ops import standby as standbys
 from finaiflow_ops.backends.compose.rollout import ComposeRollout
 from finaiflow_ops.backends.protocol import MIGRATE, BackendName, Located, Settings
 from finaiflow_ops.errors import UsageError
@@ -94,6 +95,7 @@ class ComposeBackend:
             project_dir=self.project.project_dir,
             services=services,
             urls=tuple(self.urls(services)),
+            standby=tuple(standbys.read_all(self.project).values()),
         )
 
     def urls(self, services: Sequence[ServiceStatus]) -> list[str]:
