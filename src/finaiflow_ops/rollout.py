@@ -28,6 +28,7 @@ from __future__ import annotations
 import posixpath
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from finaiflow_ops import releases
@@ -313,6 +314,39 @@ class _Rollout:
             lambda: self._migrate(image),
         )
 
+    def migrations_beside(self, image: str, head: str) -> tuple[Step, Callable[[], None]]:
+        """The migrations started in the background, beside the new containers' start: only when
+        they are a no-op (the database is at the head this image migrated it to before). The
+        callable waits for them (the roll calls it before its health gate)."""
+        pool = ThreadPoolExecutor(max_workers=1)
+        running: list[Future[None]] = []
+
+        def start() -> None:
+            running.append(pool.submit(self._migrate, image))
+
+        def wait() -> None:
+            try:
+                for future in running:
+                    future.result()
+            finally:
+                pool.shutdown(wait=True)
+
+        where = self.backend.one_off_where(image)
+        return Step("migrate", f"run `{' '.join(MIGRATE)}` {where}, beside the start of the new containers "
+                    f"(the database is at {head}, the head {image} migrated it to: a no-op)", start), wait
+
+    def known_head(self, past: releases.History, new_id: str) -> str:
+        """The Alembic head the database is at, when a release of this very image migrated it
+        there (its migrations are then a no-op); "" otherwise."""
+        heads = [r.revision for r in past.releases if r.image_id == new_id and r.revision]
+        if not heads or self.backend.name != "compose":
+            return ""
+        try:
+            db = [row[0] for row in self.stack.psql("SELECT version_num FROM alembic_version")]
+        except OpsError:
+            return ""
+        return heads[-1] if db == [heads[-1]] else ""
+
     def _migrate(self, image: str) -> None:
         self.say(f"running migrations ({' '.join(MIGRATE)}) {self.backend.one_off_where(image)}")
         try:
@@ -334,10 +368,11 @@ class _Rollout:
         replicas: int | None,
         known: tuple[str, tuple[str, ...]] | None,
         note: str,
+        before_gate: Callable[[], None] | None = None,
     ) -> list[Step]:
         """The backend's roll, the .env as soon as traffic is on the new release, the record."""
-        return self.around(self.service_rollout.steps(self.rolling(kind, image, new_id, replicas)),
-                           kind, image, new_id, known, note)
+        roll = replace(self.rolling(kind, image, new_id, replicas), before_gate=before_gate)
+        return self.around(self.service_rollout.steps(roll), kind, image, new_id, known, note)
 
     def rolling(self, kind: Kind, image: str, new_id: str, replicas: int | None) -> Roll:
         previous = self.previous
@@ -452,9 +487,13 @@ class _Rollout:
 
 
 def _deploy_steps(r: _Rollout, image: str, new_id: str, replicas: int | None, backup: bool) -> list[Step]:
-    steps, _current, _past = r.reconcile()
+    steps, _current, past = r.reconcile()
     if backup:
         steps.append(r.backup())
+    head = r.known_head(past, new_id) if r.settings.migrate else ""
+    if head:
+        step, wait = r.migrations_beside(image, head)
+        return [*steps, step, *r.roll("deploy", image, new_id, replicas, None, "", before_gate=wait)]
     if r.settings.migrate:
         steps.append(r.migrations(image))
     return [*steps, *r.roll("deploy", image, new_id, replicas, None, "")]

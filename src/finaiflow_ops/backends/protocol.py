@@ -71,6 +71,9 @@ class Roll:
     replicas: int | None  # None: as many as run now
     previous_image: str  # what serves before the roll ("" when nothing does)
     previous: int | None = None  # its release id, when the history knows it
+    # Called before the new release is gated (the migrations, when they run beside its start);
+    # raises to fail the roll, the new containers removed.
+    before_gate: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

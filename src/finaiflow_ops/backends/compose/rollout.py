@@ -295,7 +295,7 @@ class ComposeRollout:
                 f"wait until they are Docker-healthy and answer {HEALTH_PATH} with 200 from "
                 f"{self.proxy.service} (at most {self.health_timeout:.0f} s; otherwise remove them, "
                 "traffic stays where it is)",
-                lambda: self.gate(roll.image, old_image),
+                lambda: self.gate(roll.image, old_image, roll.before_gate),
             ),
             Step(
                 "switch",
@@ -461,9 +461,16 @@ class ComposeRollout:
             )
         self._new = new
 
-    def gate(self, image: str, old_image: str) -> None:
+    def gate(self, image: str, old_image: str, before: Callable[[], None] | None = None) -> None:
         """From here until the old nginx workers are gone, HTTP/1.1 clients reconnect after each
-        answer (proxy.SWITCHING_FLAG): the health gate gives them the time to do so."""
+        answer (proxy.SWITCHING_FLAG): the health gate gives them the time to do so. `before`
+        (the migrations running beside the start) must succeed first."""
+        if before is not None:
+            try:
+                before()
+            except OpsError:
+                self.discard(self._new)
+                raise
         self._closing.enter_context(self.connections_closing())
         self.wait_ready(self._new, image, old_image)
 
@@ -501,10 +508,27 @@ class ComposeRollout:
             return f"!exited and was restarted {info.restarts}x by its restart policy"
         if info.health == "unhealthy":
             return f"!reported unhealthy by Docker: {self._health_output(info)}"
-        if info.health not in ("healthy", "none"):
+        if info.health not in ("healthy", "none", "starting"):
             return f"Docker health {info.health}"
         status = self.proxy.probe(name, self.spec.port, HEALTH_PATH)
-        return None if status == 200 else f"Docker {info.health}, {HEALTH_PATH} {status or 'no answer'}"
+        if status != 200:
+            return f"Docker {info.health}, {HEALTH_PATH} {status or 'no answer'}"
+        if info.health == "starting" and not self._own_check_passes(info):
+            return "Docker health starting"
+        return None
+
+    def _own_check_passes(self, info: ContainerInfo) -> bool:
+        """Docker runs a container's first health check one interval after its start: rather than
+        wait for it, the gate runs the image's own check in the container itself, once /health
+        answers 200 from nginx (Docker's own verdict still counts: an unhealthy one fails the roll)."""
+        found = self.inspect(info)
+        if found is None or not found.health_test:
+            return False
+        try:
+            code, _output = self.docker(info).exec_run(list(found.health_test))
+        except Exception:  # gone or stopping: the next look at its state says why
+            return False
+        return code == 0
 
     def inspect(self, info: ContainerInfo) -> Inspect | None:
         """The container's inspect fields; None when it is gone."""
