@@ -194,7 +194,8 @@ class ComposeRollout:
         # The entrypoint's `server S:PORT` may have resolved to the extras too (nginx restarted
         # after they started): name the serving containers before removing anything.
         exact = state.upstream is not None and set(state.upstream.hosts) == {c.name for c in serving}
-        if serving and not exact and (extras or (state.upstream and not state.upstream.by_service_name)):
+        others = extras or state.standing_by  # `server S:PORT` resolves to the standby too
+        if serving and not exact and (others or (state.upstream and not state.upstream.by_service_name)):
             fixes.append(
                 (
                     f"point nginx upstream {self.service} at {names(serving)} only",
