@@ -38,23 +38,21 @@ class Standby:
     image: str
     image_id: str
     containers: tuple[str, ...]  # container names
-    behind: int | None  # the release it stands behind (the current one when kept)
     since: str  # ISO times (UTC)
     until: str
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Standby:
         return cls(str(data["service"]), int(data["release"]), str(data["image"]), str(data["image_id"]),
-                   tuple(data.get("containers") or ()), data.get("behind"), str(data["since"]),
-                   str(data["until"]))
+                   tuple(data.get("containers") or ()), str(data["since"]), str(data["until"]))
 
     @classmethod
     def kept(cls, service: str, release: int, image: str, image_id: str, containers: tuple[str, ...],
-             behind: int | None, window: float) -> Standby:
+             window: float) -> Standby:
         start = datetime.now(UTC)
         end = start + timedelta(seconds=window)
-        return cls(service, release, image, image_id, containers, behind,
-                   start.isoformat(timespec="seconds"), end.isoformat(timespec="seconds"))
+        return cls(service, release, image, image_id, containers, start.isoformat(timespec="seconds"),
+                   end.isoformat(timespec="seconds"))
 
     def remaining(self, at: datetime | None = None) -> float:
         """Seconds left in the window (negative once it has ended; an unreadable time has ended)."""

@@ -20,7 +20,7 @@ def _c(name: str, image_id: str = "sha256:a", state: str = "running") -> Contain
 
 
 def _kept(window: float = 900.0) -> Standby:
-    return Standby.kept("api", 4, "finaiflow/api:1.0.0", "sha256:a", ("api-1",), 5, window)
+    return Standby.kept("api", 4, "finaiflow/api:1.0.0", "sha256:a", ("api-1",), window)
 
 
 def test_a_kept_standby_lasts_its_window_and_survives_its_json() -> None:

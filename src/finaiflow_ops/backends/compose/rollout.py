@@ -101,6 +101,7 @@ class ComposeRollout:
         self.standby_window = standbys.parse_window(settings.standby)
         self._retired: list[ContainerInfo] | None = None  # None: the serving ones
         self._standby_note = ""
+        self._standby_repaired = False  # a repair retires or forgets the standby already
 
     # -- facts ------------------------------------------------------------------------------------
 
@@ -243,6 +244,7 @@ class ComposeRollout:
         if kept is None:
             return []
         if state.standby_serves:
+            self._standby_repaired = True
             return [(f"forget the standby {kept.label}: nginx routes to it (an interrupted rollback)",
                      lambda: standbys.drop(self.project, self.service))]
         standing = state.standing_by
@@ -256,6 +258,7 @@ class ComposeRollout:
             why = f"{', '.join(n for n in kept.containers if n not in up)} no longer run(s)"
         if not why:
             return []
+        self._standby_repaired = True
         return [(f"retire the standby {kept.label} ({why})", lambda: self.retire_standby(standing))]
 
     def retire_standby(self, standing: list[ContainerInfo]) -> None:
@@ -276,13 +279,14 @@ class ComposeRollout:
         serving = self.state.serving
         n = self.replicas(roll.replicas)
         old_image = roll.previous_image or (serving[0].image if serving else "")
-        standing = self.state.standing_by if self.kept and not self.kept.expired else []
+        whole = self.kept is not None and len(self.state.standing_by) == len(self.kept.containers)
+        standing = self.state.standing_by if whole and not self._standby_repaired else []
         first = [Step(
             "standby",
             f"retire the standby {self.kept.label if self.kept else ''} ({names(standing)}): "
             "a newer one takes its place",
             lambda: self.retire_standby(standing),
-        )] if standing and self.kept and len(standing) == len(self.kept.containers) else []
+        )] if standing else []
         return [
             *first,
             Step(
@@ -336,7 +340,7 @@ class ComposeRollout:
             self.retire(serving)
             return
         record = standbys.Standby.kept(self.service, roll.previous, roll.previous_image, serving[0].image_id,
-                                       tuple(c.name for c in serving), None, self.standby_window)
+                                       tuple(c.name for c in serving), self.standby_window)
         standbys.keep(self.project, record)
         self._retired = []
         self._standby_note = f"kept: {record.describe()}"
