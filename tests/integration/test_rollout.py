@@ -341,7 +341,7 @@ def test_a_second_deploy_fails_fast_naming_who_holds_the_lock(stack: Stack, foun
     finally:
         _, err = first.communicate(timeout=240)
     assert first.returncode == 0, err
-    assert_settled(stack, other, found.replicas)
+    assert_settled(stack, other, found.replicas, standby_of=found.image)
 
 
 def test_lock_status_and_release_from_the_command_line(stack: Stack, found: Found) -> None:
@@ -381,7 +381,9 @@ def test_a_deploy_killed_at_any_phase_is_repaired_by_the_next_command(
         killed = found.image
         Proxy(stack).switch_gracefully(Upstream.of(SERVICE, [SERVICE], 8000))
     with traffic(base_url, users=4, max_seconds=240) as requests:
-        proc = cli_process(stack, "deploy", SERVICE, "--image", killed, "--no-backup")
+        # The old containers are stopped only without a warm standby.
+        off = ["--standby", "0"] if phase == "during-old-container-stop" else []
+        proc = cli_process(stack, "deploy", SERVICE, "--image", killed, "--no-backup", *off)
         seen = []
         assert proc.stderr is not None
         deadline = time.monotonic() + 120
@@ -401,7 +403,8 @@ def test_a_deploy_killed_at_any_phase_is_repaired_by_the_next_command(
             expected = found.image
         time.sleep(1)
     assert failures(requests()) == []
-    assert_settled(stack, expected, found.replicas)
+    # The repairing deploy keeps what served as its warm standby; a rollback keeps none.
+    assert_settled(stack, expected, found.replicas, standby_of=found.image if repair == "deploy" else None)
     assert version(base_url) == image_version(stack, expected)
     if phase != "before-scale-up":
         assert result.repaired, f"nothing was repaired after a kill {phase}"
@@ -419,7 +422,7 @@ def test_rolling_back_across_a_migration_the_older_release_does_not_know_needs_y
             refused = cli(stack, "rollback", SERVICE)
             assert refused.returncode == 2, refused.stderr
             assert "0002_tenant_note" in last_line(refused) and "pass --yes" in last_line(refused)
-            assert_settled(stack, newer, found.replicas)
+            assert_settled(stack, newer, found.replicas, standby_of=found.image)
             asked: list[str] = []
             result = rollout.rollback(stack, SERVICE, confirm=asked.append)
             assert asked and "0002_tenant_note" in asked[0]

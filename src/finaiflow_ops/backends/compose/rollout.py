@@ -517,7 +517,7 @@ class ComposeRollout:
             return f"Docker health {info.health}"
         status = self.proxy.probe(name, self.spec.port, HEALTH_PATH)
         if status != 200:
-            return f"Docker {info.health}, {HEALTH_PATH} {status or 'no answer'}"
+            return f"Docker health {info.health}, {HEALTH_PATH} {status or 'no answer'}"
         if info.health == "starting" and not self._own_check_passes(info):
             return "Docker health starting"
         return None
