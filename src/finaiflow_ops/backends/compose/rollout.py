@@ -142,18 +142,27 @@ class ComposeRollout:
         return self.observe()
 
     def observe(self) -> ServiceState:
-        containers = tuple(self.backend.containers(self.service))
+        # The independent reads side by side: each is a round trip to the engine or the target, and
+        # they all lie on a rollback's way to its switch.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            upstream_read = pool.submit(self.proxy.read_upstream, self.service)
+            switching = pool.submit(self.proxy.switching)
+            kept = pool.submit(lambda: self.kept)
+            env_image_id = pool.submit(self._env_image_id)
+            containers = tuple(self.backend.containers(self.service))
+            created = dict(pool.map(lambda c: (c.id, Inspect.from_attrs(self.docker(c).attrs).created),
+                                    [c for c in containers if c.state == "running"]))
+            upstream = upstream_read.result()
+            resolved_at = self.proxy.resolved_at() if upstream is None or upstream.by_service_name else None
+            standby = kept.result()
+            return ServiceState(containers, upstream, env_image_id.result(), resolved_at, created,
+                                frozenset(standby.containers) if standby else frozenset(), switching.result())
+
+    def _env_image_id(self) -> str:
         try:
-            env_image_id = image_id(self.project, self.spec.env_image)
+            return image_id(self.project, self.spec.env_image)
         except UsageError:
-            env_image_id = ""
-        upstream = self.proxy.read_upstream(self.service)
-        created = {c.id: Inspect.from_attrs(self.docker(c).attrs).created for c in containers
-                   if c.state == "running"}
-        resolved_at = self.proxy.resolved_at() if upstream is None or upstream.by_service_name else None
-        kept = self.kept
-        return ServiceState(containers, upstream, env_image_id, resolved_at, created,
-                            frozenset(kept.containers) if kept else frozenset(), self.proxy.switching())
+            return ""
 
     @cached_property
     def kept(self) -> standbys.Standby | None:
