@@ -202,17 +202,28 @@ def test_rollback_under_load_returns_to_the_previous_release_in_seconds(
     assert len(result.retired) == 2 and len(result.containers) == 2
 
 
+def from_either_release(stack: Stack, found: Found, other: str) -> tuple[str, str]:
+    """Whichever of the two releases runs (N as found, no standby: deploying only when not so), and
+    the other one: saves a deploy per test."""
+    running = serving(stack)
+    now = running[0].image if running else found.image
+    if now not in (found.image, other):
+        now = found.image
+    on_release(stack, now, found.replicas)
+    return now, other if now == found.image else found.image
+
+
 def test_deploy_again_retires_the_first_standby_and_an_expired_one_is_not_used(
         stack: Stack, base_url: str, found: Found, other: str) -> None:
-    on_release(stack, found.image, found.replicas)
-    rollout.deploy(stack, SERVICE, other, backup=False)
+    back, to = from_either_release(stack, found, other)
+    rollout.deploy(stack, SERVICE, to, backup=False)
     first = standby.get(stack, SERVICE)
-    assert first is not None and first.image == found.image
-    rollout.deploy(stack, SERVICE, found.image, backup=False)
+    assert first is not None and first.image == back
+    rollout.deploy(stack, SERVICE, back, backup=False)
     second = standby.get(stack, SERVICE)
-    assert second is not None and second.image == other
+    assert second is not None and second.image == to
     assert not {c.name for c in stack.containers(SERVICE)} & set(first.containers), "the first standby runs"
-    assert_settled(stack, found.image, found.replicas, standby_of=other)
+    assert_settled(stack, back, found.replicas, standby_of=to)
     # The window ends (as the clock would say): the next command retires it, and rolls back the usual way.
     releases.write_state(stack, standby.STATE_FILE, json.dumps(
         {"services": {SERVICE: {**asdict(second), "until": "2000-01-01T00:00:00+00:00"}}}))
@@ -224,7 +235,8 @@ def test_deploy_again_retires_the_first_standby_and_an_expired_one_is_not_used(
     assert failures(requests()) == []
     assert any("retire the standby" in r for r in result.repaired), result.repaired
     assert not result.standby.startswith("used"), result.standby
-    assert_settled(stack, other, found.replicas)
+    assert version(base_url) == image_version(stack, to)
+    assert_settled(stack, to, found.replicas)
 
 
 STANDBY_BROKEN: dict[str, Callable[[Any], object]] = {
@@ -234,17 +246,6 @@ STANDBY_BROKEN: dict[str, Callable[[Any], object]] = {
     "unreachable": lambda c: [c.client.networks.get(n).disconnect(c)
                               for n in c.attrs["NetworkSettings"]["Networks"]],
 }
-
-
-def from_either_release(stack: Stack, found: Found, other: str) -> tuple[str, str]:
-    """Whichever of the two releases runs (N as found, no standby: deploying only when not so), and
-    the other one: saves a deploy per test."""
-    running = serving(stack)
-    now = running[0].image if running else found.image
-    if now not in (found.image, other):
-        now = found.image
-    on_release(stack, now, found.replicas)
-    return now, other if now == found.image else found.image
 
 
 @pytest.mark.parametrize("how", list(STANDBY_BROKEN))
