@@ -164,7 +164,11 @@ def test_update_under_load_switches_version_without_a_failed_request(
     assert_settled(stack, other, found.replicas, standby_of=found.image)
     assert result.standby.startswith("kept: "), result.standby
     # What `stack up` does later must keep this release and these containers (no recreation).
+    # A plain `compose up` scales the service back to its count and may remove the serving
+    # containers rather than the standby (seen with compose 2.26): `stack up` retires it first.
     ids = [c.id for c in serving(stack)]
+    assert cli(stack, "standby", "retire", SERVICE).returncode == 0
+    assert standby.get(stack, SERVICE) is None
     stack.compose("up", "--detach", "--no-build", "--pull", "never", SERVICE)
     assert [c.id for c in serving(stack)] == ids, "a later `compose up` recreated the new containers"
     assert (result.release.image, result.release.kind) == (other, "deploy")
