@@ -102,6 +102,7 @@ class ComposeRollout:
         self._retired: list[ContainerInfo] | None = None  # None: the serving ones
         self._standby_note = ""
         self._standby_repaired = False  # a repair retires or forgets the standby already
+        self._standby_broken = False  # found unhealthy or unreachable: removed without grace
 
     # -- facts ------------------------------------------------------------------------------------
 
@@ -270,9 +271,14 @@ class ComposeRollout:
         self._standby_repaired = True
         return [(f"retire the standby {kept.label} ({why})", lambda: self.retire_standby(standing))]
 
-    def retire_standby(self, standing: list[ContainerInfo]) -> None:
-        """Stop the standby's containers gracefully (no nginx worker routes to them) and forget it."""
-        self.retire(standing)
+    def retire_standby(self, standing: list[ContainerInfo], *, graceful: bool = True) -> None:
+        """Stop the standby's containers gracefully (no nginx worker routes to them) and forget it.
+        A broken one (unhealthy, unreachable) is removed at once: its shutdown may hang on what it
+        cannot reach, and it serves nobody."""
+        if graceful:
+            self.retire(standing)
+        else:
+            self.discard(standing)
         standbys.drop(self.project, self.service)
 
     def _repairing(self, description: str, fix: Callable[[], object]) -> Callable[[], object]:
@@ -294,7 +300,7 @@ class ComposeRollout:
             "standby",
             f"retire the standby {self.kept.label if self.kept else ''} ({names(standing)}): "
             "a newer one takes its place",
-            lambda: self.retire_standby(standing),
+            lambda: self.retire_standby(standing, graceful=not self._standby_broken),
         )] if standing else []
         return [
             *first,
@@ -371,6 +377,7 @@ class ComposeRollout:
             return [], "its containers do not all run"
         for c in standing:
             if c.health not in ("healthy", "none"):
+                self._standby_broken = True
                 return [], f"{c.name} is {c.health} for Docker"
         return standing, ""
 
@@ -384,6 +391,7 @@ class ComposeRollout:
             for c in standing:
                 status = self.proxy.probe(c.name, self.spec.port, HEALTH_PATH)
                 if status != 200:
+                    self._standby_broken = True
                     why = f"{c.name} answered {HEALTH_PATH} with {status or 'nothing'} from nginx"
                     self._closing.close()
                     break
