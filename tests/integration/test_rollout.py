@@ -167,7 +167,9 @@ def test_update_under_load_switches_version_without_a_failed_request(
     # A plain `compose up` scales the service back to its count and may remove the serving
     # containers rather than the standby (seen with compose 2.26): `stack up` retires it first.
     ids = [c.id for c in serving(stack)]
+    deployed = audit_tail(stack)  # the deploy's own line, before the retirement's
     assert cli(stack, "standby", "retire", SERVICE).returncode == 0
+    assert audit_tail(stack)["action"] == "standby-retire"
     assert standby.get(stack, SERVICE) is None
     stack.compose("up", "--detach", "--no-build", "--pull", "never", SERVICE)
     assert [c.id for c in serving(stack)] == ids, "a later `compose up` recreated the new containers"
@@ -176,7 +178,7 @@ def test_update_under_load_switches_version_without_a_failed_request(
     assert result.release.revision == "0001_initial" and "0001_initial" in result.release.revisions
     history = releases.history(stack, SERVICE)
     assert history.current == result.release.id
-    assert audit_tail(stack)["action"] == "deploy"
+    assert deployed["action"] == "deploy"
 
 
 def test_rollback_under_load_returns_to_the_previous_release_in_seconds(
