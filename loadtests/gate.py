@@ -9,7 +9,10 @@ One locust run (loadtests/traffic.py, in its own process) drives steady traffic 
 
     rest      nothing changes: the reference numbers
     update    finaiflow_ops.rollout.deploy SERVICE to the other release            (ours)
-    rollback  finaiflow_ops.rollout.rollback SERVICE                               (ours)
+              (the release found stays running as the warm standby)
+    rollback  finaiflow_ops.rollout.rollback SERVICE: back to the warm standby     (ours)
+    update-cold, rollback-cold   the same with `standby=0`: the rollback starts containers, as
+              without a standby (skipped with --no-cold)                          (ours)
     runbook   the runbook's `docker compose up -d --no-deps --scale api=2 api`, with the other
               release, nginx configured as the runbook's (`server api:8000`)    (the baseline)
     restore   finaiflow_ops.rollout.deploy back to the release found, as many replicas as found
@@ -17,7 +20,9 @@ One locust run (loadtests/traffic.py, in its own process) drives steady traffic 
 A switch window runs from the command's start until --settle seconds after it returned; each
 request counts in the window it started in. The gate passes when no request failed at rest or
 in our phases (the runbook's failures are the baseline it is compared with), /version changed
-and came back, and the rollback put traffic back within --max-rollback-seconds. Results go to
+and came back, and each rollback put traffic back within --max-rollback-seconds. Each of our
+phases reports the command's phase times (reconcile, migrate, scale-up, health, switch, drain,
+retire) and what became of the warm standby. Results go to
 --out and to PROJECT_DIR/.finaiflow/loadgate.json on the target (what the "load tests done"
 checklist item reads), and are printed side by side.
 """
@@ -80,6 +85,8 @@ class Window:
     switch_seconds: float | None = None  # when traffic was on the new containers, from its start
     slow_in_flight: int = 0  # slow reports in flight at the switch, all of them completed or failed
     release_after: str = ""  # what /version said once the window closed
+    phases: dict[str, float] = field(default_factory=dict)  # the command's phase times (ours)
+    standby: str = ""  # what became of the warm standby (ours)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -166,25 +173,28 @@ class Gate:
     servername: str | None = None  # asked for on base_url (Host, SNI): DOMAIN when it is an address
     marks: list[tuple[str, str, float, float, dict[str, Any]]] = field(default_factory=list)
 
-    def run(self, phase: str, kind: str, action: Callable[[], float | None]) -> None:
+    def run(self, phase: str, kind: str, action: Callable[[], rollout.DeployResult | None]) -> None:
         """Run one switch; record its window (start, end + settle) and what it measured."""
         print(f"[gate] {phase} ({kind}) ...", file=sys.stderr, flush=True)
         start = time.time()
-        switch = action()
+        result = action()
         end = time.time()
         time.sleep(self.settle)
+        measured: dict[str, Any] = {"switch_seconds": None}
+        if result is not None:
+            measured = {"switch_seconds": round(result.switch_seconds, 2), "standby": result.standby,
+                        "phases": {p.name: p.seconds for p in result.phases}}
         self.marks.append((phase, kind, start, end + self.settle,
-                           {"command_seconds": round(end - start, 2),
-                            "switch_seconds": round(switch, 2) if switch is not None else None,
+                           {"command_seconds": round(end - start, 2), **measured,
                             "release_after": current_release(self.base_url, self.servername)}))
 
-    def update(self, image: str, replicas: int | None = None) -> float:
-        result = rollout.deploy(self.stack, self.service, image, replicas=replicas, backup=False,
-                                progress=_progress)
-        return result.switch_seconds
+    def update(self, image: str, replicas: int | None = None,
+               standby: float | None = None) -> rollout.DeployResult:
+        return rollout.deploy(self.stack, self.service, image, replicas=replicas, backup=False,
+                              standby=standby, progress=_progress)
 
-    def rollback(self) -> float:
-        return rollout.rollback(self.stack, self.service, progress=_progress).switch_seconds
+    def rollback(self) -> rollout.DeployResult:
+        return rollout.rollback(self.stack, self.service, progress=_progress)
 
     def runbook_update(self, image: str) -> None:
         """The runbook's command, on nginx as the runbook configures it (`server api:8000`)."""
@@ -227,9 +237,12 @@ def run_gate(args: argparse.Namespace) -> dict[str, Any]:
         gate.marks.append(("rest", "rest", rest_start, time.time(), {"release_after": before}))
         gate.run("update", "ours", lambda: gate.update(other))
         gate.run("rollback", "ours", gate.rollback)
+        if not args.no_cold:
+            gate.run("update-cold", "ours", lambda: gate.update(other, standby=0))
+            gate.run("rollback-cold", "ours", gate.rollback)
         if not args.no_runbook:
             gate.run("runbook", "runbook", lambda: gate.runbook_update(other))
-            gate.run("restore", "ours", lambda: gate.update(original, replicas=gate.replicas))
+            gate.run("restore", "ours", lambda: gate.update(original, replicas=gate.replicas, standby=0))
     samples = requests()
     windows = []
     for phase, kind, start, end, extra in gate.marks:
@@ -251,11 +264,14 @@ def verdict(windows: list[Window], *, before: str, original: str, other: str, us
                 if w.kind != "runbook" and w.failures]
     if by["update"].release_after in ("?", before):
         problems.append(f"update: /version still says {by['update'].release_after}")
-    if by["rollback"].release_after != before:
-        problems.append(f"rollback: /version says {by['rollback'].release_after}, expected {before}")
-    rollback_seconds = by["rollback"].switch_seconds or math.inf
-    if rollback_seconds > max_rollback:
-        problems.append(f"rollback: traffic back after {rollback_seconds:.1f} s, limit {max_rollback:.0f} s")
+    for phase in ("rollback", "rollback-cold"):
+        if phase not in by:
+            continue
+        if by[phase].release_after != before:
+            problems.append(f"{phase}: /version says {by[phase].release_after}, expected {before}")
+        seconds = by[phase].switch_seconds or math.inf
+        if seconds > max_rollback:
+            problems.append(f"{phase}: traffic back after {seconds:.1f} s, limit {max_rollback:.0f} s")
     ids = sorted({rollout.image_id(stack, original), rollout.image_id(stack, other)})
     return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -267,6 +283,12 @@ def verdict(windows: list[Window], *, before: str, original: str, other: str, us
         "rollback_seconds": by["rollback"].switch_seconds,
         "rollback_command_seconds": by["rollback"].command_seconds,
         "update_seconds": by["update"].switch_seconds,
+        "update_command_seconds": by["update"].command_seconds,
+        "update_phases": by["update"].phases,
+        "rollback_standby": by["rollback"].standby,
+        "rollback_cold_seconds": by["rollback-cold"].switch_seconds if "rollback-cold" in by else None,
+        "rollback_cold_command_seconds": (by["rollback-cold"].command_seconds if "rollback-cold" in by
+                                          else None),
         "runbook_failures": by["runbook"].failures if "runbook" in by else None,
         "windows": [asdict(w) for w in windows],
     }
@@ -284,10 +306,19 @@ def print_report(report: dict[str, Any], out: Path) -> None:
               f"{command:>8} {w['slow_in_flight']:>5}  {w['release_after']}")
         for error, count in w["errors"].items():
             print(f"          {count} x {error}")
+        if w.get("phases"):
+            print("          phases: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in w["phases"].items()))
+        if w.get("standby"):
+            print(f"          standby: {w['standby']}")
     print("  (m = ms; switch: from the command's start until nginx served the new containers; "
           "slow*: 2 s reports in flight at that moment)")
-    print(f"rollback: traffic back on the previous release after {report['rollback_seconds']} s "
+    print(f"deploy: traffic on the new release after {report['update_seconds']} s "
+          f"(command {report['update_command_seconds']} s)")
+    print(f"rollback from the warm standby: traffic back after {report['rollback_seconds']} s "
           f"(command {report['rollback_command_seconds']} s)")
+    if report.get("rollback_cold_seconds") is not None:
+        print(f"rollback without a standby: traffic back after {report['rollback_cold_seconds']} s "
+              f"(command {report['rollback_cold_command_seconds']} s)")
     print(f"written to {out}")
 
 
@@ -304,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--other", default=None, help="the release to update to [another tag of the image]")
     parser.add_argument("--max-rollback-seconds", type=float, default=10.0)
     parser.add_argument("--no-runbook", action="store_true", help="skip the runbook's update (the baseline)")
+    parser.add_argument("--no-cold", action="store_true",
+                        help="skip the update and rollback without a warm standby")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "load.json")
     args = parser.parse_args(argv)
     if not 0 < args.rest <= 600 or not 0 <= args.settle <= 60 or not 0 < args.users <= 200:

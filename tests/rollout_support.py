@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 import pytest
 from loadtests.gate import Sample, traffic
 
-from finaiflow_ops import envfile, http, releases, rollout
+from finaiflow_ops import envfile, http, releases, rollout, standby
 from finaiflow_ops.proxy import Proxy
 from finaiflow_ops.stack import ContainerInfo, Stack
 
@@ -124,6 +124,8 @@ def put_back_afterwards(request: pytest.FixtureRequest, stack: Stack) -> Iterato
         lock = releases.lock_status(stack)
         if lock.lock is not None and (lock.stale or lock.lock.pid == os.getpid()):
             releases.release_lock(stack)
+        if standby.get(stack, SERVICE) is not None:  # the deploys' warm standby goes with the tests
+            rollout.retire_standby(stack, SERVICE)
         now = stack.containers(SERVICE)
         if {c.image for c in now} != {found[0].image} or len(now) != len(found) or any(
                 c.state != "running" for c in now):
@@ -131,7 +133,10 @@ def put_back_afterwards(request: pytest.FixtureRequest, stack: Stack) -> Iterato
 
 
 def serving(stack: Stack) -> list[ContainerInfo]:
-    return [c for c in stack.containers(SERVICE) if c.state == "running"]
+    """The running containers of the service, but for the warm standby (standby.json)."""
+    kept = standby.get(stack, SERVICE)
+    standing = set(kept.containers) if kept else set()
+    return [c for c in stack.containers(SERVICE) if c.state == "running" and c.name not in standing]
 
 
 def version(base_url: str, servername: str | None = None) -> str:
@@ -149,10 +154,20 @@ def failures(samples: Sequence[Sample]) -> list[str]:
     return [f"{s.name}: {s.error}" for s in samples if s.error]
 
 
-def assert_settled(stack: Stack, image: str, replicas: int) -> None:
+def assert_settled(stack: Stack, image: str, replicas: int, *, standby_of: str | None = None) -> None:
     """What every finished rollout leaves: `replicas` running containers of `image` and nothing
-    else, nginx naming exactly them, .env naming the image, the lock free."""
-    containers = stack.containers(SERVICE)
+    else (but, with `standby_of`, the warm standby of that image, running, out of the upstream),
+    nginx naming exactly them, .env naming the image, the lock free."""
+    kept = standby.get(stack, SERVICE)
+    if standby_of is None:
+        assert kept is None, f"a standby is kept: {kept}"
+    else:
+        assert kept is not None and kept.image == standby_of, f"standby {kept}, expected one of {standby_of}"
+        standing = [c for c in stack.containers(SERVICE) if c.name in kept.containers]
+        assert standing and {(c.state, c.image) for c in standing} == {("running", standby_of)}, standing
+        upstream = Proxy(stack).read_upstream(SERVICE)
+        assert upstream is not None and not set(upstream.hosts) & set(kept.containers), upstream
+    containers = [c for c in stack.containers(SERVICE) if kept is None or c.name not in kept.containers]
     assert [c.state for c in containers] == ["running"] * replicas, [(c.name, c.state) for c in containers]
     assert {c.image for c in containers} == {image}, [(c.name, c.image) for c in containers]
     upstream = Proxy(stack).read_upstream(SERVICE)

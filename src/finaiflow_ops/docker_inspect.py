@@ -44,6 +44,7 @@ class Inspect:
     created: float  # epoch seconds
     exit_code: str  # "?" when the engine does not say
     health_output: str  # the last health check's output, on one line ("no health output")
+    health_test: tuple[str, ...] = ()  # the image's health check as an argv ("" when it has none)
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Inspect:
@@ -54,7 +55,18 @@ class Inspect:
             last = log[-1]
             output = " ".join(str(last.get("Output", "")).split())[:200] or f"exit {last.get('ExitCode')}"
         created = epoch(attrs["Created"]) if attrs.get("Created") else 0.0
-        return cls(created, str(state.get("ExitCode", "?")), output)
+        return cls(created, str(state.get("ExitCode", "?")), output,
+                   health_argv((attrs.get("Config") or {}).get("Healthcheck") or {}))
+
+
+def health_argv(healthcheck: Mapping[str, Any]) -> tuple[str, ...]:
+    """A container's HEALTHCHECK test as the argv that runs it in the container (() for NONE)."""
+    test = [str(part) for part in healthcheck.get("Test") or ()]
+    if test[:1] == ["CMD"]:
+        return tuple(test[1:])
+    if test[:1] == ["CMD-SHELL"] and len(test) > 1:
+        return ("/bin/sh", "-c", test[1])
+    return ()
 
 
 def epoch(docker_time: str) -> float:

@@ -193,6 +193,10 @@ class Proxy:
                               problems=detail.splitlines(), hint="the previous configuration was kept")
         return self.reload()
 
+    def switching(self) -> bool:
+        """Whether the flag is raised (by a deploy now, or left by one that was killed)."""
+        return self._exec("test", "-e", SWITCHING_FLAG, check=False).ok
+
     def set_switching(self, on: bool) -> None:
         """Raise or clear the flag that makes nginx close HTTP/1.1 connections after each answer."""
         self._exec(*(("touch", SWITCHING_FLAG) if on else ("rm", "-f", SWITCHING_FLAG)))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import posixpath
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from finaiflow_ops import releases
@@ -67,6 +68,7 @@ __all__ = [
     "image_variable",
     "parse_duration",
     "plan",
+    "retire_standby",
     "rollback",
     "rollback_plan",
     "rollback_target",
@@ -100,6 +102,7 @@ class DeployResult:
     phases: tuple[Phase, ...]
     ssh_connections: int = 0  # SSH connections the command opened to the target (one, on an ssh target)
     backend: BackendName = "compose"
+    standby: str = ""  # deploy: the warm standby kept (or why not); rollback: used, or why not
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,39 @@ class _Rollout:
             lambda: self._migrate(image),
         )
 
+    def migrations_beside(self, image: str, head: str) -> tuple[Step, Callable[[], None]]:
+        """The migrations started in the background, beside the new containers' start: only when
+        they are a no-op (the database is at the head this image migrated it to before). The
+        callable waits for them (the roll calls it before its health gate)."""
+        pool = ThreadPoolExecutor(max_workers=1)
+        running: list[Future[None]] = []
+
+        def start() -> None:
+            running.append(pool.submit(self._migrate, image))
+
+        def wait() -> None:
+            try:
+                for future in running:
+                    future.result()
+            finally:
+                pool.shutdown(wait=True)
+
+        where = self.backend.one_off_where(image)
+        return Step("migrate", f"run `{' '.join(MIGRATE)}` {where}, beside the start of the new containers "
+                    f"(the database is at {head}, the head {image} migrated it to: a no-op)", start), wait
+
+    def known_head(self, past: releases.History, new_id: str) -> str:
+        """The Alembic head the database is at, when a release of this very image migrated it
+        there (its migrations are then a no-op); "" otherwise."""
+        heads = [r.revision for r in past.releases if r.image_id == new_id and r.revision]
+        if not heads or self.backend.name != "compose":
+            return ""
+        try:
+            db = [row[0] for row in self.stack.psql("SELECT version_num FROM alembic_version")]
+        except OpsError:
+            return ""
+        return heads[-1] if db == [heads[-1]] else ""
+
     def _migrate(self, image: str) -> None:
         self.say(f"running migrations ({' '.join(MIGRATE)}) {self.backend.one_off_where(image)}")
         try:
@@ -332,10 +368,19 @@ class _Rollout:
         replicas: int | None,
         known: tuple[str, tuple[str, ...]] | None,
         note: str,
+        before_gate: Callable[[], None] | None = None,
     ) -> list[Step]:
         """The backend's roll, the .env as soon as traffic is on the new release, the record."""
-        previous_image = self.previous.image if self.previous else ""
-        rolled = self.service_rollout.steps(Roll(kind, image, new_id, replicas, previous_image))
+        roll = replace(self.rolling(kind, image, new_id, replicas), before_gate=before_gate)
+        return self.around(self.service_rollout.steps(roll), kind, image, new_id, known, note)
+
+    def rolling(self, kind: Kind, image: str, new_id: str, replicas: int | None) -> Roll:
+        previous = self.previous
+        return Roll(kind, image, new_id, replicas, previous.image if previous else "",
+                    previous.id if previous else None)
+
+    def around(self, rolled: list[Step], kind: Kind, image: str, new_id: str,
+               known: tuple[str, tuple[str, ...]] | None, note: str) -> list[Step]:
         var = image_variable(self.stack, self.service)
         env = Step(
             "", f"set {var}={image} in {self.stack.env_path}", lambda: set_env_value(self.stack, var, image)
@@ -409,6 +454,7 @@ class _Rollout:
             tuple(self.phases),
             self.stack.target.ssh_connections,
             self.backend.name,
+            outcome.standby,
         )
         releases.audit(
             self.stack,
@@ -423,6 +469,7 @@ class _Rollout:
             total_seconds=result.total_seconds,
             repaired=list(self.repaired),
             phases={p.name: p.seconds for p in self.phases},
+            standby=outcome.standby,
         )
         self.say(f"{kind} of {self.service} to {self.release.label} done in {result.total_seconds:.1f} s")
         return result
@@ -440,9 +487,13 @@ class _Rollout:
 
 
 def _deploy_steps(r: _Rollout, image: str, new_id: str, replicas: int | None, backup: bool) -> list[Step]:
-    steps, _current, _past = r.reconcile()
+    steps, _current, past = r.reconcile()
     if backup:
         steps.append(r.backup())
+    head = r.known_head(past, new_id) if r.settings.migrate else ""
+    if head:
+        step, wait = r.migrations_beside(image, head)
+        return [*steps, step, *r.roll("deploy", image, new_id, replicas, None, "", before_gate=wait)]
     if r.settings.migrate:
         steps.append(r.migrations(image))
     return [*steps, *r.roll("deploy", image, new_id, replicas, None, "")]
@@ -471,10 +522,12 @@ def _prepare(stack: Stack, service: str, image: str, replicas: int | None, setti
 
 def deploy(stack: Stack, service: str, image: str, *, replicas: int | None = None, backup: bool = True,
            migrate: bool = True, proxy: str | None = None, health_timeout: float | None = None,
-           drain_timeout: float | None = None, progress: Progress | None = None) -> DeployResult:  # fmt: skip
+           drain_timeout: float | None = None, standby: float | None = None,
+           progress: Progress | None = None) -> DeployResult:  # fmt: skip
     """Roll `service` to `image` with zero failed requests (see the module docstring). None for an
-    option: the backend's default; an option the backend has no meaning for is refused."""
-    settings = Settings(health_timeout, drain_timeout, proxy, migrate)
+    option: the backend's default; an option the backend has no meaning for is refused. `standby`:
+    seconds the previous release is kept warm for a rollback (compose: 15 min; 0: off)."""
+    settings = Settings(health_timeout, drain_timeout, proxy, migrate, standby)
     r, new_id = _prepare(stack, service, image, replicas, settings, progress)
     with releases.deploy_lock(r.stack, f"deploy {service} {image}", progress=r.say):
         try:
@@ -487,10 +540,10 @@ def deploy(stack: Stack, service: str, image: str, *, replicas: int | None = Non
 
 def plan(stack: Stack, service: str, image: str, *, replicas: int | None = None, backup: bool = True,
          migrate: bool = True, proxy: str | None = None, health_timeout: float | None = None,
-         drain_timeout: float | None = None) -> Plan:  # fmt: skip
+         drain_timeout: float | None = None, standby: float | None = None) -> Plan:  # fmt: skip
     """The steps `deploy` would take now, from the state of the target; changes nothing: the
     descriptions of the steps deploy runs, after the deploy lock."""
-    settings = Settings(health_timeout, drain_timeout, proxy, migrate)
+    settings = Settings(health_timeout, drain_timeout, proxy, migrate, standby)
     r, new_id = _prepare(stack, service, image, replicas, settings, None)
     steps = _deploy_steps(r, image, new_id, replicas, backup)
     return Plan(service, image, r.service_rollout.replicas(replicas),
@@ -526,19 +579,34 @@ def rollback(stack: Stack, service: str, *, to: str | None = None, confirm: Conf
                     ),
                 )
             )
-            steps += r.roll(
-                "rollback",
-                target.image,
-                target.image_id,
-                None,
-                (target.revision, target.revisions),
-                f"rollback to #{target.id}",
-            )
+            known = (target.revision, target.revisions)
+            warm = r.service_rollout.from_standby(r.rolling("rollback", target.image, target.image_id, None),
+                                                  target.id)
+            if warm:
+                steps += r.around(warm, "rollback", target.image, target.image_id, known,
+                                  f"rollback to #{target.id} (from the warm standby)")
+            else:
+                steps += r.roll("rollback", target.image, target.image_id, None, known,
+                                f"rollback to #{target.id}")
             r.run(steps, target.image)
             return r.result("rollback")
         except OpsError as exc:
             r.failed("rollback", to or "previous", exc)
             raise
+
+
+def retire_standby(stack: Stack, service: str, *, expired_only: bool = False,
+                   progress: Progress | None = None) -> tuple[str, ...]:
+    """Retire the service's warm standby (with `expired_only`, only once its window has ended: the
+    scheduled job), under the deploy lock, with the repairs of anything an interrupted deploy left;
+    returns what was done. Deploys and rollbacks do the same first, so nothing depends on this."""
+    r = _Rollout(stack, service, Settings(standby=None if expired_only else 0.0), or_quiet(progress))
+    with releases.deploy_lock(r.stack, f"standby retire {service}", progress=r.say):
+        steps, _current, _past = r.reconcile()
+        r.run([s for s in steps if s.description.startswith("repair: ")], "")
+    if r.repaired:
+        releases.audit(r.stack, "standby-retire", service=service, repaired=list(r.repaired))
+    return tuple(r.repaired)
 
 
 def rollback_plan(stack: Stack, service: str, *, to: str | None = None) -> Release:

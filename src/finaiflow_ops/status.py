@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from finaiflow_ops.errors import UsageError
+from finaiflow_ops.standby import Standby
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
@@ -77,6 +78,7 @@ class StackStatus:
     project_dir: str
     services: tuple[ServiceStatus, ...]
     urls: tuple[str, ...] = field(default=())
+    standby: tuple[Standby, ...] = field(default=())  # warm standbys kept out of nginx's upstream
 
     @property
     def healthy(self) -> bool:

@@ -34,7 +34,7 @@ def gate_verdict(request: pytest.FixtureRequest, staging: Staging) -> dict[str, 
         before = releases.read_state(staging.stack, "loadgate.json")
         gate = subprocess.run(
             [sys.executable, "-m", "loadtests.gate", "--target", staging.name, "--project-dir",
-             staging.stack.project_dir, "--host", staging.base_url,
+             staging.stack.project_dir, "--host", staging.base_url, "--no-cold",
              *request.config.getoption("--gate-option")],
             cwd=REPO, timeout=900, check=False, stderr=subprocess.PIPE, text=True,
         )

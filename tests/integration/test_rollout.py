@@ -15,14 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from finaiflow_ops import envfile, releases, rollout
+from finaiflow_ops import envfile, releases, rollout, standby
 from finaiflow_ops.errors import UsageError
 from finaiflow_ops.proxy import Proxy, Upstream
 from finaiflow_ops.rollout import DeployFailed
@@ -108,8 +109,8 @@ def other(stack: Stack, found: Found) -> str:
 def on_release(stack: Stack, image: str, replicas: int = 1) -> None:
     """Be on `image` (quietly, without load) before a test starts from it."""
     running = serving(stack)
-    if {c.image for c in running} != {image} or len(running) != replicas:
-        rollout.deploy(stack, SERVICE, image, replicas=replicas, backup=False)
+    if {c.image for c in running} != {image} or len(running) != replicas or standby.get(stack, SERVICE):
+        rollout.deploy(stack, SERVICE, image, replicas=replicas, backup=False, standby=0)
 
 
 # -- update and rollback under load ---------------------------------------------------------------------
@@ -160,9 +161,16 @@ def test_update_under_load_switches_version_without_a_failed_request(
     assert response.json()["release"] == found.version, "the long request did not end on the old release"
     assert result.drain_seconds >= 2, f"the drain did not wait for the long request: {result.phases}"
     assert "close" in str(slow["during"]) and "close" not in connection_header(), slow["during"]
-    assert_settled(stack, other, found.replicas)
+    assert_settled(stack, other, found.replicas, standby_of=found.image)
+    assert result.standby.startswith("kept: "), result.standby
     # What `stack up` does later must keep this release and these containers (no recreation).
+    # A plain `compose up` scales the service back to its count and may remove the serving
+    # containers rather than the standby (seen with compose 2.26): `stack up` retires it first.
     ids = [c.id for c in serving(stack)]
+    deployed = audit_tail(stack)  # the deploy's own line, before the retirement's
+    assert cli(stack, "standby", "retire", SERVICE).returncode == 0
+    assert audit_tail(stack)["action"] == "standby-retire"
+    assert standby.get(stack, SERVICE) is None
     stack.compose("up", "--detach", "--no-build", "--pull", "never", SERVICE)
     assert [c.id for c in serving(stack)] == ids, "a later `compose up` recreated the new containers"
     assert (result.release.image, result.release.kind) == (other, "deploy")
@@ -170,22 +178,125 @@ def test_update_under_load_switches_version_without_a_failed_request(
     assert result.release.revision == "0001_initial" and "0001_initial" in result.release.revisions
     history = releases.history(stack, SERVICE)
     assert history.current == result.release.id
-    assert audit_tail(stack)["action"] == "deploy"
+    assert deployed["action"] == "deploy"
 
 
 def test_rollback_under_load_returns_to_the_previous_release_in_seconds(
         stack: Stack, base_url: str, found: Found, other: str) -> None:
+    """Within the standby window: the rollback switches nginx back to the previous release's
+    containers, kept warm by the deploy (N = 2: two serving, two standing by)."""
     on_release(stack, found.image, found.replicas)
-    rollout.deploy(stack, SERVICE, other, replicas=2, backup=False)  # N = 2: two old, two new
+    rollout.deploy(stack, SERVICE, other, replicas=2, backup=False, standby=0)
+    deployed = rollout.deploy(stack, SERVICE, found.image, replicas=2, backup=False)
+    kept = standby.get(stack, SERVICE)
+    assert kept is not None and kept.image == other and len(kept.containers) == 2, deployed.standby
+    assert_settled(stack, found.image, 2, standby_of=other)
     with traffic(base_url, users=USERS, max_seconds=180) as requests:
+        started = time.monotonic()
+        result = rollout.rollback(stack, SERVICE)
+        command = time.monotonic() - started
+        time.sleep(1)
+    print(f"rollback from the warm standby: traffic back after {result.switch_seconds:.2f} s (switch phase "
+          f"{dict((p.name, p.seconds) for p in result.phases)}), command {command:.2f} s")
+    assert failures(requests()) == []
+    assert version(base_url) == image_version(stack, other)
+    assert result.switch_seconds < 10, f"traffic back only after {result.switch_seconds} s: {result.phases}"
+    assert result.standby.startswith("used: "), result.standby
+    assert set(result.containers) == set(kept.containers)
+    assert_settled(stack, other, 2)
+    assert (result.release.image, result.release.kind) == (other, "rollback")
+    assert len(result.retired) == 2 and len(result.containers) == 2
+
+
+def from_either_release(stack: Stack, found: Found, other: str) -> tuple[str, str]:
+    """Whichever of the two releases runs (N as found, no standby: deploying only when not so), and
+    the other one: saves a deploy per test."""
+    running = serving(stack)
+    now = running[0].image if running else found.image
+    if now not in (found.image, other):
+        now = found.image
+    on_release(stack, now, found.replicas)
+    return now, other if now == found.image else found.image
+
+
+def test_deploy_again_retires_the_first_standby_and_an_expired_one_is_not_used(
+        stack: Stack, base_url: str, found: Found, other: str) -> None:
+    back, to = from_either_release(stack, found, other)
+    rollout.deploy(stack, SERVICE, to, backup=False)
+    first = standby.get(stack, SERVICE)
+    assert first is not None and first.image == back
+    rollout.deploy(stack, SERVICE, back, backup=False)
+    second = standby.get(stack, SERVICE)
+    assert second is not None and second.image == to
+    assert not {c.name for c in stack.containers(SERVICE)} & set(first.containers), "the first standby runs"
+    assert_settled(stack, back, found.replicas, standby_of=to)
+    # The window ends (as the clock would say): the next command retires it, and rolls back the usual way.
+    releases.write_state(stack, standby.STATE_FILE, json.dumps(
+        {"services": {SERVICE: {**asdict(second), "until": "2000-01-01T00:00:00+00:00"}}}))
+    releases_cli = cli(stack, "releases", SERVICE)
+    assert "expired at 2000-01-01" in " ".join(releases_cli.stdout.split()), releases_cli.stdout
+    with traffic(base_url, users=4, max_seconds=180) as requests:
         result = rollout.rollback(stack, SERVICE)
         time.sleep(1)
     assert failures(requests()) == []
-    assert version(base_url) == found.version
-    assert result.switch_seconds < 10, f"traffic back only after {result.switch_seconds} s: {result.phases}"
-    assert_settled(stack, found.image, 2)
-    assert (result.release.image, result.release.kind) == (found.image, "rollback")
-    assert len(result.retired) == 2 and len(result.containers) == 2
+    assert any("retire the standby" in r for r in result.repaired), result.repaired
+    assert not result.standby.startswith("used"), result.standby
+    assert version(base_url) == image_version(stack, to)
+    assert_settled(stack, to, found.replicas)
+
+
+STANDBY_BROKEN: dict[str, Callable[[Any], object]] = {
+    # Killed for good (restart policy off first, or Docker would bring it back).
+    "killed": lambda c: (c.update(restart_policy={"Name": "no"}), c.kill()),
+    # Still running and Docker-healthy for a while, but nginx cannot reach it.
+    "unreachable": lambda c: [c.client.networks.get(n).disconnect(c)
+                              for n in c.attrs["NetworkSettings"]["Networks"]],
+}
+
+
+@pytest.mark.parametrize("how", list(STANDBY_BROKEN))
+def test_a_broken_standby_is_not_used_and_the_rollback_takes_the_usual_path(
+        stack: Stack, base_url: str, found: Found, other: str, how: str) -> None:
+    back, to = from_either_release(stack, found, other)
+    rollout.deploy(stack, SERVICE, to, backup=False)
+    kept = standby.get(stack, SERVICE)
+    assert kept is not None and kept.image == back
+    STANDBY_BROKEN[how](stack.target.docker().containers.get(kept.containers[0]))
+    said: list[str] = []
+    with traffic(base_url, users=4, max_seconds=180) as requests:
+        result = rollout.rollback(stack, SERVICE, progress=said.append)
+        time.sleep(1)
+    assert failures(requests()) == []
+    assert not result.standby.startswith("used"), result.standby
+    assert any("is not used" in line for line in said), said
+    assert version(base_url) == image_version(stack, back)
+    assert not {c.name for c in stack.containers(SERVICE)} & set(kept.containers), "the broken standby runs"
+    assert_settled(stack, back, found.replicas)
+
+
+def test_a_rollback_killed_during_the_switch_to_the_standby_is_repaired_by_the_next_command(
+        stack: Stack, base_url: str, found: Found, other: str) -> None:
+    back, to = from_either_release(stack, found, other)
+    rollout.deploy(stack, SERVICE, to, backup=False)
+    with traffic(base_url, users=4, max_seconds=180) as requests:
+        proc = cli_process(stack, "rollback", SERVICE)
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line.strip())
+            if "traffic on" in line:  # nginx switched to the standby; nothing recorded yet
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert "traffic on" in seen[-1], seen
+        repaired = cli(stack, "standby", "retire", SERVICE, "--expired")
+        time.sleep(1)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "forget the standby" in " ".join(repaired.stderr.split()), repaired.stderr
+    assert not Proxy(stack).switching(), "the switching flag was left raised"
+    assert failures(requests()) == []
+    assert version(base_url) == image_version(stack, back)
+    assert_settled(stack, back, found.replicas)
 
 
 # -- automatic rollback -----------------------------------------------------------------------------------
@@ -249,7 +360,7 @@ def test_a_second_deploy_fails_fast_naming_who_holds_the_lock(stack: Stack, foun
     finally:
         _, err = first.communicate(timeout=240)
     assert first.returncode == 0, err
-    assert_settled(stack, other, found.replicas)
+    assert_settled(stack, other, found.replicas, standby_of=found.image)
 
 
 def test_lock_status_and_release_from_the_command_line(stack: Stack, found: Found) -> None:
@@ -289,7 +400,9 @@ def test_a_deploy_killed_at_any_phase_is_repaired_by_the_next_command(
         killed = found.image
         Proxy(stack).switch_gracefully(Upstream.of(SERVICE, [SERVICE], 8000))
     with traffic(base_url, users=4, max_seconds=240) as requests:
-        proc = cli_process(stack, "deploy", SERVICE, "--image", killed, "--no-backup")
+        # The old containers are stopped only without a warm standby.
+        off = ["--standby", "0"] if phase == "during-old-container-stop" else []
+        proc = cli_process(stack, "deploy", SERVICE, "--image", killed, "--no-backup", *off)
         seen = []
         assert proc.stderr is not None
         deadline = time.monotonic() + 120
@@ -309,7 +422,8 @@ def test_a_deploy_killed_at_any_phase_is_repaired_by_the_next_command(
             expected = found.image
         time.sleep(1)
     assert failures(requests()) == []
-    assert_settled(stack, expected, found.replicas)
+    # The repairing deploy keeps what served as its warm standby; a rollback keeps none.
+    assert_settled(stack, expected, found.replicas, standby_of=found.image if repair == "deploy" else None)
     assert version(base_url) == image_version(stack, expected)
     if phase != "before-scale-up":
         assert result.repaired, f"nothing was repaired after a kill {phase}"
@@ -327,7 +441,7 @@ def test_rolling_back_across_a_migration_the_older_release_does_not_know_needs_y
             refused = cli(stack, "rollback", SERVICE)
             assert refused.returncode == 2, refused.stderr
             assert "0002_tenant_note" in last_line(refused) and "pass --yes" in last_line(refused)
-            assert_settled(stack, newer, found.replicas)
+            assert_settled(stack, newer, found.replicas, standby_of=found.image)
             asked: list[str] = []
             result = rollout.rollback(stack, SERVICE, confirm=asked.append)
             assert asked and "0002_tenant_note" in asked[0]

@@ -58,6 +58,7 @@ class Settings:
     drain_timeout: float | None = None  # how long old nginx workers get to finish (compose only)
     proxy: str | None = None  # the nginx service in front (compose only)
     migrate: bool = True  # the service has Alembic migrations: run them, read and check revisions
+    standby: float | None = None  # seconds the previous release is kept warm after a deploy; 0: off
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class Roll:
     image_id: str
     replicas: int | None  # None: as many as run now
     previous_image: str  # what serves before the roll ("" when nothing does)
+    previous: int | None = None  # its release id, when the history knows it
+    # Called before the new release is gated (the migrations, when they run beside its start);
+    # raises to fail the roll, the new containers removed.
+    before_gate: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Outcome:
     containers: tuple[str, ...]
     retired: tuple[str, ...]
     drain_seconds: float
+    standby: str = ""  # what became of the warm standby (kept, refused, used, not used and why)
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class ServiceRollout(Protocol):
     def replicas(self, wanted: int | None) -> int: ...
     def revisions(self, image: str) -> tuple[str, tuple[str, ...]]: ...
     def steps(self, roll: Roll) -> list[Step]: ...
+    def from_standby(self, roll: Roll, release: int) -> list[Step]: ...
     def outcome(self) -> Outcome: ...
     def close(self) -> None: ...
 

@@ -68,8 +68,8 @@ def cli(ctx: click.Context, target_url: str, project_dir: str, env_file: str | N
 
 # One module per command group; each registers its groups here.
 for _group in (stack.stack, env.env, tls.tls_group, deploy.deploy, deploy.rollback, deploy.releases,
-               deploy.lock, monitor.check, monitor.logs, harden.harden, backup.backup, backup.restore,
-               host.host_group, host.image_group):
+               deploy.lock, deploy.standby, monitor.check, monitor.logs, harden.harden, backup.backup,
+               backup.restore, host.host_group, host.image_group):
     cli.add_command(_group)
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import click
 from rich.table import Table
 
 from finaiflow_ops import releases as history
 from finaiflow_ops import rollout
+from finaiflow_ops import standby as standbys
 from finaiflow_ops.backends.compose.rollout import DRAIN_TIMEOUT, HEALTH_TIMEOUT
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress
+from finaiflow_ops.images import parse_duration
 from finaiflow_ops.output import err, out
+from finaiflow_ops.project import Project
 
 _timeouts = [
     click.option("--health-timeout", default=None, type=click.FloatRange(1),
@@ -41,22 +45,28 @@ def _with_timeouts(command: click.decorators.FC) -> click.decorators.FC:
 @click.option("--replicas", type=click.IntRange(1), default=None,
               help="How many containers of the new release [as many as run now].")
 @click.option("--no-backup", is_flag=True, help="Skip the pre-deploy backup.")
+@click.option("--standby", "standby", default=None, metavar="DURATION",
+              help="How long the previous release stays running out of nginx's upstream, for a rollback "
+                   "in a second (15m, 900s; 0: off) [compose: 15m, when the host's memory holds both "
+                   "releases; refused on swarm].")
 @_with_timeouts
 @pass_options
 def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: int | None, no_backup: bool,
-           health_timeout: float | None, drain_timeout: float | None, no_migrate: bool) -> None:
+           standby: str | None, health_timeout: float | None, drain_timeout: float | None,
+           no_migrate: bool) -> None:
     """Rolling update of SERVICE to IMAGE, health-gated (compose: new containers beside the old, nginx
     switched, drained; swarm: the engine's rolling update, then /health through nginx)."""
+    window = None if standby is None else parse_duration(standby if not standby.isdigit() else float(standby))
     if show_plan:
         steps = rollout.plan(opts.stack, service, image, replicas=replicas, backup=not no_backup,
                              migrate=not no_migrate, health_timeout=health_timeout,
-                             drain_timeout=drain_timeout)
+                             drain_timeout=drain_timeout, standby=window)
         emit(opts, steps,
              functools.partial(_print_plan, service=service, image=image, target=str(opts.target)))
         return
     emit(opts, rollout.deploy(opts.stack, service, image, replicas=replicas, backup=not no_backup,
                               migrate=not no_migrate, health_timeout=health_timeout,
-                              drain_timeout=drain_timeout, progress=progress), _print_result)
+                              drain_timeout=drain_timeout, standby=window, progress=progress), _print_result)
 
 
 def _print_plan(steps: rollout.Plan, *, service: str, image: str, target: str) -> None:
@@ -87,6 +97,10 @@ def _print_result(result: rollout.DeployResult) -> None:
     out.print(f"  serving: {', '.join(result.containers)}; removed: {', '.join(result.retired) or 'none'}")
     out.print(f"  traffic switched after {result.switch_seconds:.1f} s, drained in "
               f"{result.drain_seconds:.1f} s, done in {result.total_seconds:.1f} s")
+    if result.standby:
+        out.print(f"  warm standby: {result.standby}", markup=False)
+    if result.phases:
+        out.print("  phases: " + ", ".join(f"{p.name} {p.seconds:.1f} s" for p in result.phases))
 
 
 @click.command("releases")
@@ -94,11 +108,26 @@ def _print_result(result: rollout.DeployResult) -> None:
 @pass_options
 def releases(opts: Options, service: str) -> None:
     """The release history of SERVICE, the current one marked."""
-    emit(opts, history.history(opts.stack, service),
+    emit(opts, Releases.read(opts.stack, service),
          functools.partial(_print_releases, service=service, target=str(opts.target)))
 
 
-def _print_releases(past: history.History, *, service: str, target: str) -> None:
+@dataclass(frozen=True)
+class Releases:
+    """`releases`: the history, and the warm standby kept behind the current release (if any)."""
+
+    service: str
+    current: int | None
+    releases: tuple[history.Release, ...]
+    standby: standbys.Standby | None
+
+    @classmethod
+    def read(cls, stack: Project, service: str) -> Releases:
+        past = history.history(stack, service)
+        return cls(service, past.current, past.releases, standbys.get(stack, service))
+
+
+def _print_releases(past: Releases, *, service: str, target: str) -> None:
     if not past.releases:
         out.print(f"no release of {service} recorded on {target} yet")
         return
@@ -106,9 +135,12 @@ def _print_releases(past: history.History, *, service: str, target: str) -> None
     for column in ("", "id", "image", "kind", "revision", "backup", "deployed", "by", "note"):
         table.add_column(column)
     for r in reversed(past.releases):
-        table.add_row("*" if r.id == past.current else "", str(r.id), r.image, r.kind, r.revision or "-",
-                      r.backup or "-", r.deployed_at, r.deployed_by, r.note)
+        kept = past.standby is not None and past.standby.release == r.id
+        table.add_row("*" if r.id == past.current else ("s" if kept else ""), str(r.id), r.image, r.kind,
+                      r.revision or "-", r.backup or "-", r.deployed_at, r.deployed_by, r.note)
     out.print(table)
+    out.print(f"warm standby: {past.standby.describe()}" if past.standby else "warm standby: none",
+              markup=False)
 
 
 @click.group()
@@ -145,3 +177,24 @@ def lock_release(opts: Options) -> None:
 def _print_released(status: history.LockStatus) -> None:
     err.print(f"released the lock of {status.lock.holder}" if status.lock
               else "not locked: nothing to release")
+
+
+@click.group()
+def standby() -> None:
+    """The warm standby a deploy keeps (the previous release, out of nginx's upstream)."""
+
+
+@standby.command("retire")
+@click.argument("service")
+@click.option("--expired", is_flag=True,
+              help="Only once its window has ended (the scheduled job: a cron line every few minutes).")
+@pass_options
+def standby_retire(opts: Options, service: str, expired: bool) -> None:
+    """Stop the warm standby of SERVICE gracefully and forget it (and repair what an interrupted
+    deploy left); --json: what was done."""
+    done = rollout.retire_standby(opts.stack, service, expired_only=expired, progress=progress)
+    emit(opts, list(done), _print_retired)
+
+
+def _print_retired(done: list[str]) -> None:
+    err.print("; ".join(done) if done else "nothing to retire")

@@ -69,11 +69,15 @@ def _print_status(status: StackStatus) -> None:
     table = Table(title=f"{status.project} on {status.target}", title_justify="left")
     for column in ("service", "container", "state", "health", "image", "ports"):
         table.add_column(column)
+    standing = {name: kept for kept in status.standby for name in kept.containers}
     for svc in status.services:
         if not svc.containers:
             table.add_row(svc.name, "-", "[red]missing[/red]", "", "", "")
         for c in svc.containers:
             colour = "green" if c.ready else "red"
-            table.add_row(svc.name, c.name, f"[{colour}]{c.state}[/{colour}]", c.health, c.image,
+            role = " (standby)" if c.name in standing else ""
+            table.add_row(svc.name, c.name + role, f"[{colour}]{c.state}[/{colour}]", c.health, c.image,
                           ", ".join(c.ports))
     out.print(table)
+    for kept in status.standby:
+        out.print(f"warm standby of {kept.service}: {kept.describe()}", markup=False)

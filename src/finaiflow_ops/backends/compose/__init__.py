@@ -3,10 +3,12 @@ ps`), read through the Docker engine and changed through the compose CLI (Projec
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from finaiflow_ops import health
+from finaiflow_ops import standby as standbys
 from finaiflow_ops.backends.compose.rollout import ComposeRollout
 from finaiflow_ops.backends.protocol import MIGRATE, BackendName, Located, Settings
 from finaiflow_ops.errors import UsageError
@@ -94,6 +96,7 @@ class ComposeBackend:
             project_dir=self.project.project_dir,
             services=services,
             urls=tuple(self.urls(services)),
+            standby=tuple(standbys.read_all(self.project).values()),
         )
 
     def urls(self, services: Sequence[ServiceStatus]) -> list[str]:
@@ -110,6 +113,7 @@ class ComposeBackend:
         """
         say = or_quiet(progress)
         require_images(self.project, hint="build them (on this machine: sudo scripts/provision)")
+        self.retire_standbys(say)
         deps = self.project.dependencies(migrate_service)
         if deps:
             say(f"starting {', '.join(deps)}")
@@ -122,6 +126,21 @@ class ComposeBackend:
         self.project.compose("up", "--detach", "--no-build", "--pull", "never", "--remove-orphans")
         health.wait_healthy(self, timeout=timeout, progress=say)
         return self.status()
+
+    def retire_standbys(self, say: Progress) -> None:
+        """Stop and remove every warm standby (finaiflow_ops.standby) before `compose up`: compose
+        scales a service back to its configured count by removing the containers beyond it, and
+        may remove the serving ones rather than the standby (seen with compose 2.26)."""
+        import docker.errors
+
+        for service, kept in standbys.read_all(self.project).items():
+            say(f"retiring the warm standby of {service} ({kept.describe()}) before compose up")
+            for c in self.engine_containers(service):
+                if c.name in kept.containers:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        c.stop(timeout=40)
+                        c.remove()
+            standbys.drop(self.project, service)
 
     def down(self, *, volumes: bool = False) -> None:
         """Stop and remove the stack's containers and network; `volumes` also deletes its data."""

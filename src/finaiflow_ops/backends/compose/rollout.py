@@ -12,7 +12,9 @@ backend's part of a deploy or rollback (the workflow around it is finaiflow_ops.
   switch    nginx's upstream pointed at the new containers by name, `nginx -t`, graceful reload;
   drain     the old nginx workers, which finish their in-flight requests, are watched until they
             have exited;
-  retire    the old containers get SIGTERM with their grace period, and are removed.
+  retire    the old containers get SIGTERM with their grace period, and are removed; or, after a
+            deploy, they stay running out of the upstream as the warm standby (finaiflow_ops.standby)
+            for a window, and a rollback within it is a switch back to them (`from_standby`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from finaiflow_ops import polling
+from finaiflow_ops import standby as standbys
 from finaiflow_ops.backends.compose.state import ServiceState, names
 from finaiflow_ops.backends.protocol import Outcome, Roll, Running, Settings, Step
 from finaiflow_ops.docker_inspect import Inspect
@@ -95,6 +98,11 @@ class ComposeRollout:
         self._new: list[ContainerInfo] = []
         self._reload: Reload | None = None
         self._drain_seconds = 0.0
+        self.standby_window = standbys.parse_window(settings.standby)
+        self._retired: list[ContainerInfo] | None = None  # None: the serving ones
+        self._standby_note = ""
+        self._standby_repaired = False  # a repair retires or forgets the standby already
+        self._standby_broken = False  # found unhealthy or unreachable: removed without grace
 
     # -- facts ------------------------------------------------------------------------------------
 
@@ -135,16 +143,32 @@ class ComposeRollout:
         return self.observe()
 
     def observe(self) -> ServiceState:
-        containers = tuple(self.backend.containers(self.service))
+        # The independent reads side by side: each is a round trip to the engine or the target, and
+        # they all lie on a rollback's way to its switch.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            upstream_read = pool.submit(self.proxy.read_upstream, self.service)
+            switching = pool.submit(self.proxy.switching)
+            kept = pool.submit(lambda: self.kept)
+            env_image_id = pool.submit(self._env_image_id)
+            containers = tuple(self.backend.containers(self.service))
+            created = dict(pool.map(lambda c: (c.id, Inspect.from_attrs(self.docker(c).attrs).created),
+                                    [c for c in containers if c.state == "running"]))
+            upstream = upstream_read.result()
+            resolved_at = self.proxy.resolved_at() if upstream is None or upstream.by_service_name else None
+            standby = kept.result()
+            return ServiceState(containers, upstream, env_image_id.result(), resolved_at, created,
+                                frozenset(standby.containers) if standby else frozenset(), switching.result())
+
+    def _env_image_id(self) -> str:
         try:
-            env_image_id = image_id(self.project, self.spec.env_image)
+            return image_id(self.project, self.spec.env_image)
         except UsageError:
-            env_image_id = ""
-        upstream = self.proxy.read_upstream(self.service)
-        created = {c.id: Inspect.from_attrs(self.docker(c).attrs).created for c in containers
-                   if c.state == "running"}
-        resolved_at = self.proxy.resolved_at() if upstream is None or upstream.by_service_name else None
-        return ServiceState(containers, upstream, env_image_id, resolved_at, created)
+            return ""
+
+    @cached_property
+    def kept(self) -> standbys.Standby | None:
+        """The standby standby.json records for the service (read once, under the deploy lock)."""
+        return standbys.get(self.project, self.service)
 
     def docker(self, c: ContainerInfo) -> Container:
         return self.project.target.docker().containers.get(c.id)
@@ -181,13 +205,15 @@ class ComposeRollout:
         # The entrypoint's `server S:PORT` may have resolved to the extras too (nginx restarted
         # after they started): name the serving containers before removing anything.
         exact = state.upstream is not None and set(state.upstream.hosts) == {c.name for c in serving}
-        if serving and not exact and (extras or (state.upstream and not state.upstream.by_service_name)):
+        others = extras or state.standing_by  # `server S:PORT` resolves to the standby too
+        if serving and not exact and (others or (state.upstream and not state.upstream.by_service_name)):
             fixes.append(
                 (
                     f"point nginx upstream {self.service} at {names(serving)} only",
                     lambda: self.switch_and_drain(serving),
                 )
             )
+        fixes += self._standby_repairs(state)
         fresh = state.never_served
         served = [c for c in extras if c not in fresh]
         if fresh:
@@ -213,10 +239,47 @@ class ComposeRollout:
                     lambda: set_env_value(self.project, self.spec.image_var, image),
                 )
             )
+        if state.switching:
+            fixes.append(("clear the switching flag an interrupted command left in nginx",
+                          lambda: self.proxy.set_switching(False)))
         return [
             Step("reconcile", f"repair: {description}", self._repairing(description, fix))
             for description, fix in fixes
         ]
+
+    def _standby_repairs(self, state: ServiceState) -> list[tuple[str, Callable[[], object]]]:
+        """A standby that serves (its switch was interrupted), whose window has ended, or that is
+        no longer whole: forget it, retiring what runs of it."""
+        kept = self.kept
+        if kept is None:
+            return []
+        if state.standby_serves:
+            self._standby_repaired = True
+            return [(f"forget the standby {kept.label}: nginx routes to it (an interrupted rollback)",
+                     lambda: standbys.drop(self.project, self.service))]
+        standing = state.standing_by
+        why = ""
+        if kept.expired:
+            why = f"its window ended at {kept.until}"
+        elif not self.standby_window:
+            why = "no standby wanted"
+        elif len(standing) != len(kept.containers):
+            up = {c.name for c in standing}
+            why = f"{', '.join(n for n in kept.containers if n not in up)} no longer run(s)"
+        if not why:
+            return []
+        self._standby_repaired = True
+        return [(f"retire the standby {kept.label} ({why})", lambda: self.retire_standby(standing))]
+
+    def retire_standby(self, standing: list[ContainerInfo], *, graceful: bool = True) -> None:
+        """Stop the standby's containers gracefully (no nginx worker routes to them) and forget it.
+        A broken one (unhealthy, unreachable) is removed at once: its shutdown may hang on what it
+        cannot reach, and it serves nobody."""
+        if graceful:
+            self.retire(standing)
+        else:
+            self.discard(standing)
+        standbys.drop(self.project, self.service)
 
     def _repairing(self, description: str, fix: Callable[[], object]) -> Callable[[], object]:
         def run() -> object:
@@ -231,7 +294,16 @@ class ComposeRollout:
         serving = self.state.serving
         n = self.replicas(roll.replicas)
         old_image = roll.previous_image or (serving[0].image if serving else "")
+        whole = self.kept is not None and len(self.state.standing_by) == len(self.kept.containers)
+        standing = self.state.standing_by if whole and not self._standby_repaired else []
+        first = [Step(
+            "standby",
+            f"retire the standby {self.kept.label if self.kept else ''} ({names(standing)}): "
+            "a newer one takes its place",
+            lambda: self.retire_standby(standing, graceful=not self._standby_broken),
+        )] if standing else []
         return [
+            *first,
             Step(
                 "scale-up",
                 f"start {n} container(s) of {roll.image} beside {names(serving) or 'none'} "
@@ -243,7 +315,7 @@ class ComposeRollout:
                 f"wait until they are Docker-healthy and answer {HEALTH_PATH} with 200 from "
                 f"{self.proxy.service} (at most {self.health_timeout:.0f} s; otherwise remove them, "
                 "traffic stays where it is)",
-                lambda: self.gate(roll.image, old_image),
+                lambda: self.gate(roll.image, old_image, roll.before_gate),
             ),
             Step(
                 "switch",
@@ -257,19 +329,110 @@ class ComposeRollout:
                 f"{self.drain_timeout:.0f} s)",
                 self.drain_switched,
             ),
+            self._retire_or_keep(roll, serving),
+        ]
+
+    def _retire_or_keep(self, roll: Roll, serving: list[ContainerInfo]) -> Step:
+        stop = (f"stop {names(serving) or 'nothing'} (SIGTERM, up to {self.spec.grace:.0f} s each) and "
+                "remove them")
+        if roll.kind != "deploy" or not serving or not self.standby_window or roll.previous is None:
+            return Step("retire", stop, lambda: self.retire(serving))
+        return Step(
+            "retire",
+            f"keep {names(serving)} ({roll.previous_image}) running out of the upstream as the warm "
+            f"standby for {self.standby_window / 60:g} min, if the host's memory holds both releases; "
+            f"otherwise {stop}",
+            lambda: self.keep_or_retire(roll, serving),
+        )
+
+    def keep_or_retire(self, roll: Roll, serving: list[ContainerInfo]) -> None:
+        """The old containers as the standby, or retired when the host cannot hold both releases."""
+        memory = standbys.memory(self.project)
+        refused = memory.refuses_standby() if memory else ""
+        if refused or roll.previous is None:
+            self._standby_note = f"refused: {refused}"
+            self.say(f"no warm standby: {refused}")
+            self.retire(serving)
+            return
+        record = standbys.Standby.kept(self.service, roll.previous, roll.previous_image, serving[0].image_id,
+                                       tuple(c.name for c in serving), self.standby_window)
+        standbys.keep(self.project, record)
+        self._retired = []
+        self._standby_note = f"kept: {record.describe()}"
+        self.say(f"keeping {names(serving)} as the warm standby {record.describe()}")
+
+    # -- rollback from the standby ------------------------------------------------------------------
+
+    def usable_standby(self, roll: Roll, release: int) -> tuple[list[ContainerInfo], str]:
+        """The standby's containers when a rollback to `release` can switch to them, or why not."""
+        kept, state = self.kept, self.state
+        if kept is None:
+            return [], "no standby is kept"
+        standing = state.standing_by
+        if kept.release != release or kept.image_id != roll.image_id:
+            return [], f"the standby is {kept.label}, not the release rolled back to"
+        if kept.expired:
+            return [], f"its window ended at {kept.until}"
+        if state.standby_serves or len(standing) != len(kept.containers):
+            return [], "its containers do not all run"
+        for c in standing:
+            if c.health not in ("healthy", "none"):
+                self._standby_broken = True
+                return [], f"{c.name} is {c.health} for Docker"
+        return standing, ""
+
+    def from_standby(self, roll: Roll, release: int) -> list[Step]:
+        """A rollback to the standby: checked (Docker health, then /health from nginx, while
+        HTTP/1.1 clients are already told to reconnect), upstream switched, graceful reload; then
+        the release left is drained and retired. [] when no usable standby is there (said why)."""
+        standing, why = self.usable_standby(roll, release)
+        if standing:
+            self._closing.enter_context(self.connections_closing())  # the lead runs during the checks
+            for c in standing:
+                status = self.proxy.probe(c.name, self.spec.port, HEALTH_PATH)
+                if status != 200:
+                    self._standby_broken = True
+                    why = f"{c.name} answered {HEALTH_PATH} with {status or 'nothing'} from nginx"
+                    self._closing.close()
+                    break
+        if why:
+            if self.kept is not None:
+                self._standby_note = f"not used: {why}"
+                self.say(f"the warm standby {self.kept.label} is not used ({why}): "
+                         "rolling back the usual way")
+            return []
+        serving = self.state.serving
+        self._new = standing
+        self._standby_note = f"used: {names(standing)}"
+        return [
+            Step(
+                "switch",
+                f"point nginx upstream {self.service} at the warm standby {names(standing)}, nginx -t, "
+                "graceful reload",
+                lambda: self.switch_to(serving, serving[0].image if serving else ""),
+                switches=True,
+            ),
+            Step(
+                "drain",
+                f"wait until the old nginx workers have finished their requests (at most "
+                f"{self.drain_timeout:.0f} s)",
+                self.drain_switched,
+            ),
             Step(
                 "retire",
-                f"stop {names(serving) or 'nothing'} (SIGTERM, up to {self.spec.grace:.0f} s each) "
-                "and remove them",
-                lambda: self.retire(serving),
+                f"stop {names(serving) or 'nothing'} (SIGTERM, up to {self.spec.grace:.0f} s each), remove "
+                "them, and forget the standby",
+                lambda: self.retire_standby(serving),
             ),
         ]
 
     def outcome(self) -> Outcome:
+        retired = self.state.serving if self._retired is None else self._retired
         return Outcome(
             tuple(c.name for c in self._new),
-            tuple(c.name for c in self.state.serving),
+            tuple(c.name for c in retired),
             round(self._drain_seconds, 2),
+            self._standby_note,
         )
 
     def close(self) -> None:
@@ -320,9 +483,16 @@ class ComposeRollout:
             )
         self._new = new
 
-    def gate(self, image: str, old_image: str) -> None:
+    def gate(self, image: str, old_image: str, before: Callable[[], None] | None = None) -> None:
         """From here until the old nginx workers are gone, HTTP/1.1 clients reconnect after each
-        answer (proxy.SWITCHING_FLAG): the health gate gives them the time to do so."""
+        answer (proxy.SWITCHING_FLAG): the health gate gives them the time to do so. `before`
+        (the migrations running beside the start) must succeed first."""
+        if before is not None:
+            try:
+                before()
+            except OpsError:
+                self.discard(self._new)
+                raise
         self._closing.enter_context(self.connections_closing())
         self.wait_ready(self._new, image, old_image)
 
@@ -360,10 +530,27 @@ class ComposeRollout:
             return f"!exited and was restarted {info.restarts}x by its restart policy"
         if info.health == "unhealthy":
             return f"!reported unhealthy by Docker: {self._health_output(info)}"
-        if info.health not in ("healthy", "none"):
+        if info.health not in ("healthy", "none", "starting"):
             return f"Docker health {info.health}"
         status = self.proxy.probe(name, self.spec.port, HEALTH_PATH)
-        return None if status == 200 else f"Docker {info.health}, {HEALTH_PATH} {status or 'no answer'}"
+        if status != 200:
+            return f"Docker health {info.health}, {HEALTH_PATH} {status or 'no answer'}"
+        if info.health == "starting" and not self._own_check_passes(info):
+            return "Docker health starting"
+        return None
+
+    def _own_check_passes(self, info: ContainerInfo) -> bool:
+        """Docker runs a container's first health check one interval after its start: rather than
+        wait for it, the gate runs the image's own check in the container itself, once /health
+        answers 200 from nginx (Docker's own verdict still counts: an unhealthy one fails the roll)."""
+        found = self.inspect(info)
+        if found is None or not found.health_test:
+            return False
+        try:
+            code, _output = self.docker(info).exec_run(list(found.health_test))
+        except Exception:  # gone or stopping: the next look at its state says why
+            return False
+        return code == 0
 
     def inspect(self, info: ContainerInfo) -> Inspect | None:
         """The container's inspect fields; None when it is gone."""

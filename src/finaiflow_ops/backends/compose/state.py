@@ -22,6 +22,9 @@ class ServiceState:
     # created after that moment get no traffic. Epoch seconds; None when unknown.
     resolved_at: float | None = None
     created: Mapping[str, float] = field(default_factory=dict)  # container id -> creation (epoch)
+    # The containers standby.json names (the previous release kept warm, out of the upstream).
+    standby_names: frozenset[str] = frozenset()
+    switching: bool = False  # the switching flag is raised (under the lock: left by a killed command)
 
     @property
     def running(self) -> list[ContainerInfo]:
@@ -48,14 +51,29 @@ class ServiceState:
         return [c for c in known if c.image_id == self.env_image_id] or known
 
     @property
-    def extras(self) -> list[ContainerInfo]:
+    def standing_by(self) -> list[ContainerInfo]:
+        """The recorded standby's running containers that nginx does not route to."""
         serving = {c.id for c in self.serving}
-        return [c for c in self.running if c.id not in serving]
+        return [c for c in self.running if c.name in self.standby_names and c.id not in serving]
+
+    @property
+    def standby_serves(self) -> bool:
+        """nginx routes to the recorded standby: a switch to it was interrupted before the record went."""
+        return any(c.name in self.standby_names for c in self.serving)
+
+    @property
+    def extras(self) -> list[ContainerInfo]:
+        """Running containers that neither serve nor stand by."""
+        kept = {c.id for c in (*self.serving, *self.standing_by)}
+        return [c for c in self.running if c.id not in kept]
 
     @property
     def never_served(self) -> list[ContainerInfo]:
         """Extras created after every serving container: started by a deploy that never switched.
-        They get no grace period; one still starting has no SIGTERM handler yet (PID 1 ignores it)."""
+        They get no grace period; one still starting has no SIGTERM handler yet (PID 1 ignores it).
+        None when the standby serves: the newer extras are the release a rollback switched away from."""
+        if self.standby_serves:
+            return []
         newest = max((self.created.get(c.id, 0.0) for c in self.serving), default=0.0)
         return [c for c in self.extras if self.created.get(c.id, 0.0) > newest]
 

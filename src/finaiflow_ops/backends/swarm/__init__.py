@@ -99,6 +99,12 @@ class SwarmRollout:
                     "stop_grace_period (swarm.yaml), and routes through its own network",
                     hint=f"leave {option} out on a swarm stack",
                 )
+        if settings.standby:
+            raise UsageError(
+                "--standby has no meaning on a swarm: a service's tasks all run its one spec, so the "
+                "previous release cannot stay running beside it (a rollback is `docker service rollback`)",
+                hint="leave --standby out on a swarm stack",
+            )
         self.backend = backend
         self.swarm = backend.swarm
         self.project = backend.project
@@ -208,6 +214,9 @@ class SwarmRollout:
                 roll.kind, roll.image, exc.message, self.update.put_back(back, UPDATE_TIMEOUT)
             ) from None
         self._tasks = tuple(t.name for t in self.swarm.tasks(self.service))
+
+    def from_standby(self, roll: Roll, release: int) -> list[Step]:
+        return []  # no standby on a swarm (refused in __init__): the rollback takes the engine's path
 
     def outcome(self) -> Outcome:
         return Outcome(self._tasks, (), 0.0)
