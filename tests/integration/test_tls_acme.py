@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -32,24 +31,12 @@ from finaiflow_ops import tls
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.tls.schedule import CRON_MARKER
 from tests.integration.test_tls import cli, domain, local_stack, started_at
+from tests.packages_support import ensure_package
 
 __all__ = ["domain", "local_stack"]  # fixtures shared with test_tls (module-scoped: one per module)
 
 pytestmark = pytest.mark.integration
 EMAIL = "ops@finaiflow.test"
-
-
-def ensure_package(command: str, package: str) -> None:
-    """Install a Debian package the test needs when its command is missing (idempotent, quick)."""
-    if shutil.which(command):
-        return
-    if os.geteuid() != 0:
-        pytest.fail(f"{command} is missing and installing {package} needs root: apt-get install {package}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
-    if subprocess.run(install, env=env, capture_output=True, timeout=300, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300, check=True)
-        subprocess.run(install, env=env, capture_output=True, timeout=300, check=True)
 
 
 def free_port() -> int:
