@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -52,9 +53,16 @@ class Pebble:
     root: Path  # the root pebble issues under (install's chain check trusts it)
 
 
+# Short-lived certificates, as Let's Encrypt is moving to (64 days in 2027, 45 in 2028, 6-day ones
+# already offered): pebble issues for 6 days. A fixed 30-day window would refuse to install them
+# and renew them on every run; the last third of the lifetime (2 days) does neither.
+VALIDITY = timedelta(days=6)
+
+
 @contextmanager
 def running_pebble(work: Path, http_port: int) -> Iterator[Pebble]:
-    """pebble and its DNS on free loopback ports, validating HTTP-01 on `http_port`; stopped after."""
+    """pebble and its DNS on free loopback ports, validating HTTP-01 on `http_port`, issuing 6-day
+    certificates; stopped after."""
     ensure_package("pebble", "pebble")
     listener = trustme.CA()
     server = listener.issue_cert("127.0.0.1", "localhost")
@@ -67,6 +75,7 @@ def running_pebble(work: Path, http_port: int) -> Iterator[Pebble]:
         "certificate": str(work / "cert.pem"), "privateKey": str(work / "key.pem"),
         "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
+        "certificateValidityPeriod": int(VALIDITY.total_seconds()),
     }}))
     logs = [(work / "challtestsrv.log").open("wb"), (work / "pebble.log").open("wb")]
     procs = [subprocess.Popen(
@@ -224,6 +233,7 @@ def test_issue_through_the_nginx_webroot_makes_nginx_serve_the_certificate(
     assert result.method == "webroot" and result.domains == (domain,)
     assert result.certificate.issuer.startswith("CN=Pebble Intermediate CA")
     assert domain in result.certificate.sans
+    assert result.certificate.not_after - result.certificate.not_before == VALIDITY
     assert result.installed, "nginx does not serve the issued certificate"
     assert tls.served_fingerprint(local_stack, domain) == result.certificate.fingerprint
     assert started_at(local_stack) == issued.started_before, "nginx was restarted"
@@ -254,7 +264,10 @@ def test_forced_renewal_under_load_swaps_the_certificate_without_restart(
 
 def test_renewal_that_is_not_due_changes_nothing(local_stack: Stack, domain: str, acme: tls.AcmeOptions,
                                                  issued: Issued) -> None:
+    # 6 days left of 6: not due before 2 are left (a fixed 30-day window would renew it right now).
     served = tls.served_fingerprint(local_stack, domain)
+    leaf = tls.inspect_pem(Path(issued.result.lineage, "fullchain.pem").read_bytes()).leaf
+    assert not tls.renewal_due(leaf) and tls.renewal_time(leaf) == leaf.not_after - VALIDITY / 3
     done = cli(local_stack, "--yes", "--json", "tls", "renew", *acme.cli_args())
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
