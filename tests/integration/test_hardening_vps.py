@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,10 +47,15 @@ VPS_IMAGE = "finaiflow/vps:bookworm"
 # Where Docker keeps the nginx container's log volume on a real host; nginx in the VPS writes there.
 LOG_DIR = "/var/lib/docker/volumes/finaiflow_nginx_logs/_data"
 CLIENT = "192.0.2.10"  # TEST-NET-1, on the VPS's loopback: a client fail2ban does not ignore
+# The host rules that concern this VPS; accounting.auditd is not applicable in a container.
 HOST_RULES = {"ssh.auth", "ssh.limits", "ssh.crypto", "ssh.config-files", "firewall.ufw", "fail2ban.sshd",
-              "fail2ban.nginx-limit-req", "sysctl.network", "packages.unattended-upgrades",
-              "docker.daemon.tcp-socket", "docker.daemon.settings"}
+              "fail2ban.nginx-limit-req", "sysctl.network", "sysctl.kernel", "kernel.core-dumps",
+              "kernel.modules", "host.banners", "host.login-defs", "host.shell-timeout",
+              "packages.unattended-upgrades", "packages.hardening-tools", "accounting.process",
+              "integrity.aide", "docker.daemon.tcp-socket", "docker.daemon.settings"}
+IN_CONTAINER_SKIPPED = "accounting.auditd"
 NGINX_JAIL = "fail2ban.nginx-limit-req"
+LYNIS_MIN_INDEX = 80
 
 # nginx in the VPS stands in for the stack's nginx container: same rate-limit log lines, written
 # where the container's log volume would be. One request per second, burst 1: easy to exceed.
@@ -189,8 +195,10 @@ def test_fresh_vps_audit_names_the_providers_defaults(vps: Vps) -> None:
         findings["docker.daemon.tcp-socket"]["problems"]
     # Docker does not run in the VPS: the daemon rules say they read the file instead.
     assert "docker info unavailable" in findings["docker.daemon.settings"]["source"]
+    auditd = findings[IN_CONTAINER_SKIPPED]
+    assert auditd["status"] == "skip" and "in a container" in auditd["detail"], auditd
     # No stack on this host: the Docker-aware stack rules say so instead of passing.
-    for rule in set(statuses) - HOST_RULES:
+    for rule in set(statuses) - HOST_RULES - {IN_CONTAINER_SKIPPED}:
         assert statuses[rule] == "skip" and "no stack" in findings[rule]["detail"], findings[rule]
 
 
@@ -246,6 +254,38 @@ def test_ssh_audit_fails_debians_default_sshd(vps: Vps) -> None:
 
 
 @dataclass(frozen=True)
+class Lynis:
+    index: int
+    suggestions: tuple[str, ...]  # "TEST-ID text"
+    sysctl_differing: tuple[str, ...]  # KRNL-6000's keys whose running value differs from its profile
+
+
+def run_lynis(vps: Vps) -> Lynis:
+    """`lynis audit system` in the VPS (Debian's package, installed on first use without touching the
+    VPS's own apt lists, which apply must find empty), and its report's index and suggestions."""
+    vps.sh("command -v lynis >/dev/null || { mkdir -p /var/tmp/lynis-lists/partial && "
+           "apt-get -q -o Dir::State::Lists=/var/tmp/lynis-lists update >/dev/null && "
+           "DEBIAN_FRONTEND=noninteractive apt-get -q -y --no-install-recommends "
+           "-o Dir::State::Lists=/var/tmp/lynis-lists install lynis >/dev/null && "
+           "rm -rf /var/tmp/lynis-lists; }")
+    # The same profile both times; no `apt-get update` of its own (the VPS's lists are apply's to fill).
+    vps.sh("printf 'refresh-repositories=no\\n' >/etc/lynis/custom.prf")
+    vps.sh("lynis audit system --quick --no-colors >/var/tmp/lynis.out 2>&1")
+    report = vps.sh("cat /var/log/lynis-report.dat")
+    values = [line.split("=", 1) for line in report.splitlines() if "=" in line]
+    index = next(int(v) for k, v in values if k == "hardening_index")
+    suggestions = tuple(" ".join(v.split("|")[:2]) for k, v in values if k == "suggestion[]")
+    differing = tuple(m.group(1) for k, v in values if k == "details[]" and v.startswith("KRNL-6000|")
+                      for m in [re.search(r"field:([^;|]+)", v)] if m)
+    return Lynis(index, suggestions, differing)
+
+
+@pytest.fixture(scope="module")
+def lynis_before(vps: Vps) -> Lynis:
+    return run_lynis(vps)
+
+
+@dataclass(frozen=True)
 class Hardened:
     before_stack: dict[str, Any]  # apply's report while no stack (no nginx log directory) is known
     audit_before_stack: subprocess.CompletedProcess[str]
@@ -253,7 +293,7 @@ class Hardened:
 
 
 @pytest.fixture(scope="module")
-def hardened(vps: Vps) -> Hardened:
+def hardened(vps: Vps, lynis_before: Lynis) -> Hardened:  # Lynis first: the fresh VPS's index
     # What Docker creates when it starts; bans must go there (no Docker engine in the VPS).
     vps.sh(f"iptables -N {CHAIN} && iptables -A {CHAIN} -j RETURN && iptables -I FORWARD -j {CHAIN}")
     # Hardened before the stack arrives: nothing says where nginx will log.
@@ -309,6 +349,21 @@ def test_ssh_audit_finds_no_fail_on_the_hardened_sshd(vps: Vps, hardened: Harden
     assert "ecdsa-sha2-nistp256" not in audit.stdout and "(kex) ecdh-sha2" not in audit.stdout
     # New logins work with the new algorithms (each CLI call is a new SSH connection).
     assert vps.cli("harden", "audit", "--only", "ssh.crypto").returncode == 0
+
+
+def test_lynis_hardening_index_reaches_80_after_apply(vps: Vps, lynis_before: Lynis,
+                                                      hardened: Hardened) -> None:
+    after = run_lynis(vps)
+    print(f"\nLynis hardening index: {lynis_before.index} before harden apply, {after.index} after")
+    print("sysctls Lynis wants otherwise, read-only in this container (its host's kernel): "
+          + ", ".join(after.sysctl_differing))
+    print("Lynis suggestions left:\n  " + "\n  ".join(after.suggestions))
+    assert after.index >= LYNIS_MIN_INDEX, after
+    assert after.index > lynis_before.index
+    # What the rules were for is no longer suggested.
+    assert not {s.split()[0] for s in after.suggestions} & {"DEB-0880", "KRNL-5820", "BANN-7126", "AUTH-9230",
+                                                           "DEB-0280", "DEB-0831", "PKGS-7370", "FINT-4350",
+                                                           "ACCT-9622", "STRG-1846", "USB-1000", "NETW-3200"}
 
 
 def test_second_apply_changes_nothing_and_says_so(vps: Vps, hardened: Hardened) -> None:

@@ -37,12 +37,23 @@ from finaiflow_ops.hardening.docker import DaemonSettingsRule, DaemonTcpSocketRu
 from finaiflow_ops.hardening.fail2ban import Fail2banRule, Fail2banSshdRule
 from finaiflow_ops.hardening.files import AppDirsRule, EnvFileModeRule, TlsKeyModeRule
 from finaiflow_ops.hardening.firewall import UfwRule
+from finaiflow_ops.hardening.host import (
+    AuditdRule,
+    BannersRule,
+    CoreDumpsRule,
+    FileIntegrityRule,
+    HardeningPackagesRule,
+    KernelModulesRule,
+    LoginDefsRule,
+    ProcessAccountingRule,
+    ShellTimeoutRule,
+)
 from finaiflow_ops.hardening.nginx import NginxHeadersRule, NginxRateLimitRule, NginxServerTokensRule
 from finaiflow_ops.hardening.packages import UnattendedUpgradesRule
 from finaiflow_ops.hardening.scans import DependencyAuditRule, ImageScanRule
 from finaiflow_ops.hardening.sshd import SshAuthRule, SshConfigFilesRule, SshLimitsRule
 from finaiflow_ops.hardening.sshd_crypto import SshCryptoRule
-from finaiflow_ops.hardening.sysctl import SysctlRule
+from finaiflow_ops.hardening.sysctl import KernelSysctlRule, SysctlRule
 from finaiflow_ops.progress import Progress
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
@@ -75,7 +86,17 @@ RULES: tuple[Rule[Any], ...] = (
     Fail2banSshdRule(),
     Fail2banRule(),
     SysctlRule(),
+    KernelSysctlRule(),
+    CoreDumpsRule(),
+    KernelModulesRule(),
+    BannersRule(),
+    LoginDefsRule(),
+    ShellTimeoutRule(),
     UnattendedUpgradesRule(),
+    HardeningPackagesRule(),
+    ProcessAccountingRule(),
+    AuditdRule(),
+    FileIntegrityRule(),
     DaemonTcpSocketRule(),
     DaemonSettingsRule(),
     PublishedPortsRule(),

@@ -53,11 +53,20 @@ AUTH: Wanted = {
     "permitemptypasswords": ("PermitEmptyPasswords", "no", frozenset({"no"})),
 }
 MAX_AUTH_TRIES = 4
+CLIENT_ALIVE_INTERVAL = 300
 LIMITS: Wanted = {
     "maxauthtries": ("MaxAuthTries", "3", frozenset(str(n) for n in range(1, MAX_AUTH_TRIES + 1))),
     "allowtcpforwarding": ("AllowTcpForwarding", "no", frozenset({"no"})),
     "x11forwarding": ("X11Forwarding", "no", frozenset({"no"})),
     "allowagentforwarding": ("AllowAgentForwarding", "no", frozenset({"no"})),
+    # Lynis's SSH-7408: dead sessions found by sshd's own encrypted probes (not spoofable TCP
+    # keepalives), every login's key fingerprint logged, no compression (CRIME-like oracles).
+    "clientaliveinterval": ("ClientAliveInterval", str(CLIENT_ALIVE_INTERVAL),
+                            frozenset(str(n) for n in range(1, CLIENT_ALIVE_INTERVAL + 1))),
+    "clientalivecountmax": ("ClientAliveCountMax", "2", frozenset({"1", "2"})),
+    "tcpkeepalive": ("TCPKeepAlive", "no", frozenset({"no"})),
+    "loglevel": ("LogLevel", "VERBOSE", frozenset({"VERBOSE"})),
+    "compression": ("Compression", "no", frozenset({"no"})),
 }
 _SPELLING = {key: spelled for wanted in (AUTH, LIMITS) for key, (spelled, _, _) in wanted.items()}
 
@@ -151,7 +160,8 @@ class SshAuthRule(_EffectiveSettingsRule):
 
 class SshLimitsRule(_EffectiveSettingsRule):
     id = "ssh.limits"
-    title = f"sshd: at most {MAX_AUTH_TRIES} auth tries, no TCP/agent/X11 forwarding"
+    title = (f"sshd: at most {MAX_AUTH_TRIES} auth tries, no TCP/agent/X11 forwarding, dead sessions ended, "
+             "verbose log, no compression")
     severity = Severity.MEDIUM
     wanted = LIMITS
 
