@@ -188,7 +188,9 @@ def test_fresh_vps_audit_names_the_providers_defaults(vps: Vps) -> None:
     assert findings["firewall.ufw"]["problems"] == ["ufw is not installed"]
     assert findings["fail2ban.sshd"]["problems"] == ["fail2ban is not installed"]
     crypto = findings["ssh.crypto"]["problems"]
-    assert any(p.startswith("KexAlgorithms offers ecdh-sha2-nistp256") for p in crypto), crypto
+    weakest = (("KexAlgorithms", "ecdh-sha2-nistp256"), ("HostKeyAlgorithms", "ecdsa-sha2-nistp256"))
+    for keyword, weak in weakest:
+        assert any(p.startswith(f"{keyword} offers") and weak in p for p in crypto), crypto
     # As a provider hands it over: nothing apt could install from until its lists are fetched.
     assert vps.sh("find /var/lib/apt/lists -name '*_Packages*' | wc -l").strip() == "0"
     assert "Docker API on tcp://0.0.0.0:2375 without TLS (/etc/docker/daemon.json)" in \

@@ -55,6 +55,9 @@ ALGORITHMS: dict[str, tuple[str, tuple[str, ...]]] = {
         "rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com",
         "ssh-ed25519", "sk-ssh-ed25519@openssh.com", "rsa-sha2-512", "rsa-sha2-256")),
 }
+# The same algorithms under other names sshd may print (OpenSSH 9.9 gave sntrup761x25519 its IETF
+# name; Debian's 9.2 lists both): accepted when offered, never written.
+SAME_AS_WRITTEN = {"kexalgorithms": frozenset({"sntrup761x25519-sha512"})}
 MIN_RSA_BITS = 3072
 NEW_RSA_BITS = 4096
 MIN_MODULUS_BITS = 3072
@@ -86,7 +89,7 @@ def weak_algorithms(config: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
     weak = {}
     for key, (_, allowed) in ALGORITHMS.items():
         offered = [a for line in config.get(key, []) for a in line.split(",") if a]
-        extra = tuple(a for a in offered if a not in allowed)
+        extra = tuple(a for a in offered if a not in allowed and a not in SAME_AS_WRITTEN.get(key, ()))
         if extra or not offered:
             weak[key] = extra or ("(none offered)",)
     return weak
