@@ -36,7 +36,8 @@ def test_login_defs_rule_names_each_setting_and_writes_only_when_they_differ() -
     state = ConfigState((), {"/etc/login.defs": LOGIN_DEFS})
     assert rule.evaluate(CTX, state).problems == (
         "/etc/login.defs: SHA_CRYPT_MIN_ROUNDS is unset (wanted 10000)",
-        "/etc/login.defs: SHA_CRYPT_MAX_ROUNDS is 5000 (wanted 100000)")
+        "/etc/login.defs: SHA_CRYPT_MAX_ROUNDS is 5000 (wanted 100000)",
+        "/etc/login.defs: PASS_MIN_DAYS is unset (wanted 1)")
     ops = rule.plan(CTX, state)
     assert len(ops) == 1 and isinstance(ops[0], WriteFile) and "UMASK\t\t022" in ops[0].content
     done = ConfigState((), {"/etc/login.defs": ops[0].content})

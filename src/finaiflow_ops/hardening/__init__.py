@@ -45,6 +45,7 @@ from finaiflow_ops.hardening.host import (
     HardeningPackagesRule,
     KernelModulesRule,
     LoginDefsRule,
+    MalwareScannerRule,
     ProcessAccountingRule,
     ShellTimeoutRule,
 )
@@ -97,6 +98,7 @@ RULES: tuple[Rule[Any], ...] = (
     ProcessAccountingRule(),
     AuditdRule(),
     FileIntegrityRule(),
+    MalwareScannerRule(),
     DaemonTcpSocketRule(),
     DaemonSettingsRule(),
     PublishedPortsRule(),

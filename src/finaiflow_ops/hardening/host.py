@@ -6,7 +6,7 @@ a Debian VPS and is safe where Docker runs the stack.
 - `kernel.modules`: network protocols (DCCP, SCTP, RDS, TIPC) and storage drivers (USB storage,
   FireWire) a VPS does not use are never loaded; Docker needs none of them;
 - `host.banners`: a legal notice before login (/etc/issue, /etc/issue.net);
-- `host.login-defs`: password hashing rounds (login.defs);
+- `host.login-defs`: password hashing rounds and a minimum password age (login.defs);
 - `host.shell-timeout`: idle interactive shells end after 15 minutes (TMOUT);
 - `packages.hardening-tools`: libpam-tmpdir (a private /tmp per login), needrestart (told to list,
   never to restart: restarting dockerd would stop the stack), debsums, apt-show-versions,
@@ -16,7 +16,8 @@ a Debian VPS and is safe where Docker runs the stack.
   Docker's configuration, accounts, sudoers); not applicable in a container (the kernel's audit
   belongs to the host);
 - `integrity.aide`: AIDE, with Docker's and the logs' ever-changing directories left out, and its
-  database initialised.
+  database initialised;
+- `malware.scanner`: chkrootkit with its daily run on (reporting only what changed since the last).
 
 Declined suggestions (password aging, a stricter login umask, separate partitions, ...) are listed
 with the reasons in docs/hardening.md.
@@ -38,6 +39,7 @@ __all__ = [
     "HardeningPackagesRule",
     "KernelModulesRule",
     "LoginDefsRule",
+    "MalwareScannerRule",
     "ProcessAccountingRule",
     "ShellTimeoutRule",
 ]
@@ -92,12 +94,14 @@ class BannersRule(HostConfigRule):
 
 class LoginDefsRule(HostConfigRule):
     id = "host.login-defs"
-    title = "password hashing rounds set in login.defs"
+    title = "password hashing rounds and a minimum password age set in login.defs"
     severity = Severity.LOW
 
     def settings(self, ctx: Context) -> Sequence[Settings]:
-        return [Settings("/etc/login.defs",
-                         {"SHA_CRYPT_MIN_ROUNDS": "10000", "SHA_CRYPT_MAX_ROUNDS": "100000"})]
+        # A minimum age only keeps a new password from being changed back at once; nothing expires
+        # (a maximum age would: see docs/hardening.md).
+        wanted = {"SHA_CRYPT_MIN_ROUNDS": "10000", "SHA_CRYPT_MAX_ROUNDS": "100000", "PASS_MIN_DAYS": "1"}
+        return [Settings("/etc/login.defs", wanted)]
 
 
 class ShellTimeoutRule(HostConfigRule):
@@ -227,3 +231,27 @@ class FileIntegrityRule(HostConfigRule):
         return [Command("initialise AIDE's database (aide --init)",
                         ("sh", "-c", f"aide --config=/etc/aide/aide.conf --init >/dev/null && "
                                      f"cp -f {AIDE_DB}.new {AIDE_DB}"), timeout=1800.0)]
+
+
+CHKROOTKIT_CONF = "/etc/chkrootkit/chkrootkit.conf"
+
+
+class MalwareScannerRule(HostConfigRule):
+    id = "malware.scanner"
+    title = "a malware scanner (chkrootkit) runs daily"
+    severity = Severity.LOW
+    packages = ("chkrootkit",)
+
+    def extra_facts(self, ctx: Context) -> Sequence[Sequence[str]]:
+        return [("grep", "-q", '^RUN_DAILY="true"', CHKROOTKIT_CONF)]
+
+    def extra_problems(self, ctx: Context, state: ConfigState) -> list[str]:
+        if state.missing_packages or state.extra[0].ok:
+            return []
+        return [f"{CHKROOTKIT_CONF}: RUN_DAILY is not true"]
+
+    def extra_operations(self, ctx: Context, state: ConfigState) -> list[Operation]:
+        # Debian's package runs daily (DIFF_MODE: only changes are reported) unless told not to.
+        script = (f"grep -q '^RUN_DAILY=\"true\"' {CHKROOTKIT_CONF} || "
+                  f"sed -i 's/^RUN_DAILY=.*/RUN_DAILY=\"true\"/' {CHKROOTKIT_CONF}")
+        return [] if state.extra[0].ok else [Command("turn chkrootkit's daily run on", ("sh", "-c", script))]
