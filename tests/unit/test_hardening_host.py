@@ -7,7 +7,7 @@ from finaiflow_ops.hardening.base import Context, WriteFile
 from finaiflow_ops.hardening.host import AIDE_DB, FileIntegrityRule, LoginDefsRule, ProcessAccountingRule
 from finaiflow_ops.hardening.hostconfig import ConfigState, read_keys, set_keys
 from finaiflow_ops.hardening.sysctl import KERNEL_CONF, KernelState, KernelSysctlRule, render_kernel_conf
-from finaiflow_ops.target import CommandResult, Target
+from finaiflow_ops.target import Target
 
 CTX = Context(Target.parse("local://"))
 LOGIN_DEFS = """# /etc/login.defs
@@ -45,19 +45,19 @@ def test_login_defs_rule_names_each_setting_and_writes_only_when_they_differ() -
 
 
 def test_packages_and_steps_only_when_needed() -> None:
-    missing = ConfigState(("aide",), {}, (CommandResult(("test",), 1, "", ""),))
+    missing = ConfigState(("aide",), {}, (False,))
     rule = FileIntegrityRule()
     assert rule.evaluate(CTX, missing).problems[0] == "aide is not installed"
     said = [op.description for op in rule.plan(CTX, missing)]
     assert said[0].startswith("install aide (apt-get")
     assert said[-1] == "initialise AIDE's database (aide --init)"
     owned = {f.path: f.content for f in rule.managed(CTX)}
-    ready = ConfigState((), dict[str, str | None](owned), (CommandResult(("test",), 0, "", ""),))
+    ready = ConfigState((), dict[str, str | None](owned), (True,))
     assert rule.evaluate(CTX, ready).problems == () and rule.plan(CTX, ready) == []
-    no_db = ConfigState((), dict(ready.files), (CommandResult(("test",), 1, "", ""),))
+    no_db = ConfigState((), dict(ready.files), (False,))
     assert rule.evaluate(CTX, no_db).problems == (f"no AIDE database ({AIDE_DB})",)
     # acct's package makes its file: a missing file is only a problem once the package is there
-    assert ProcessAccountingRule().evaluate(CTX, ConfigState(("acct",), {}, missing.extra)).problems == (
+    assert ProcessAccountingRule().evaluate(CTX, ConfigState(("acct",), {}, (False,))).problems == (
         "acct is not installed",)
 
 

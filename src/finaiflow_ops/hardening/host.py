@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from finaiflow_ops.hardening.base import Command, Context, NotApplicable, Operation, Severity
-from finaiflow_ops.hardening.hostconfig import HEADER, ConfigState, HostConfigRule, ManagedFile, Settings
+from finaiflow_ops.hardening.base import Command, Context, Severity
+from finaiflow_ops.hardening.hostconfig import HEADER, Condition, HostConfigRule, ManagedFile, Settings
 
 __all__ = [
     "AIDE_DB",
@@ -138,20 +138,12 @@ class ProcessAccountingRule(HostConfigRule):
     severity = Severity.LOW
     packages = ("acct",)
 
-    def extra_facts(self, ctx: Context) -> Sequence[Sequence[str]]:
-        return [("test", "-f", PACCT)]
-
-    def extra_problems(self, ctx: Context, state: ConfigState) -> list[str]:
-        return [] if state.missing_packages or state.extra[0].ok else [f"{PACCT} is missing"]
-
-    def extra_operations(self, ctx: Context, state: ConfigState) -> list[Operation]:
-        if state.extra[0].ok:
-            return []
+    def conditions(self, ctx: Context) -> Sequence[Condition]:
         # The package's service starts accounting; where it cannot (a container lacks the
         # capability), the file is there for the host's accounting to fill.
-        return [Command(f"create {PACCT} and start accounting",
-                        ("sh", "-c", f"test -f {PACCT} || install -D -m 0640 /dev/null {PACCT}; "
-                                     f"accton {PACCT} 2>/dev/null || true"))]
+        script = f"test -f {PACCT} || install -D -m 0640 /dev/null {PACCT}; accton {PACCT} 2>/dev/null; true"
+        return [Condition(("test", "-f", PACCT), f"{PACCT} is missing",
+                          Command(f"create {PACCT} and start accounting", ("sh", "-c", script)))]
 
 
 AUDIT_RULES = "/etc/audit/rules.d/60-finaiflow.rules"
@@ -178,27 +170,20 @@ class AuditdRule(HostConfigRule):
     severity = Severity.LOW
     packages = ("auditd",)
 
-    def extra_facts(self, ctx: Context) -> Sequence[Sequence[str]]:
-        return [_IN_CONTAINER, ("sh", "-c", "pidof auditd")]
-
-    def facts(self, ctx: Context) -> ConfigState:
-        state = super().facts(ctx)
-        if state.extra[0].ok:
-            raise NotApplicable("in a container: the kernel's audit belongs to the host, auditd cannot "
-                                "run here")
-        return state
+    def applies(self, ctx: Context) -> str:
+        if ctx.target.run(*_IN_CONTAINER, check=False).ok:
+            return "in a container: the kernel's audit belongs to the host, auditd cannot run here"
+        return ""
 
     def managed(self, ctx: Context) -> Sequence[ManagedFile]:
         return [ManagedFile(AUDIT_RULES, AUDIT_RULES_TEXT, 0o640)]
 
-    def extra_problems(self, ctx: Context, state: ConfigState) -> list[str]:
-        return [] if state.missing_packages or state.extra[1].ok else ["auditd is not running"]
-
-    def extra_operations(self, ctx: Context, state: ConfigState) -> list[Operation]:
-        start = (("systemctl", "enable", "--now", "auditd") if ctx.systemd
-                 else ("sh", "-c", "pidof auditd || auditd"))
-        return [Command("start auditd", start), Command("load the audit rules (augenrules --load)",
-                                                        ("augenrules", "--load"))]
+    def conditions(self, ctx: Context) -> Sequence[Condition]:
+        start = "systemctl enable --now auditd" if ctx.systemd else "pidof auditd >/dev/null || auditd"
+        loaded = "pidof auditd >/dev/null && auditctl -l | grep -q -- '-k docker'"
+        return [Condition(("sh", "-c", loaded), "auditd is not running with our rules loaded",
+                          Command("start auditd, load the rules (augenrules --load)",
+                                  ("sh", "-c", f"{start} && augenrules --load")))]
 
 
 AIDE_DB = "/var/lib/aide/aide.db"
@@ -217,20 +202,13 @@ class FileIntegrityRule(HostConfigRule):
         return [ManagedFile(AIDE_EXCLUDES, f"{HEADER}: what changes by design on a Docker host.\n"
                                            "!/var/lib/docker\n!/var/lib/containerd\n!/var/log\n!/run\n")]
 
-    def extra_facts(self, ctx: Context) -> Sequence[Sequence[str]]:
-        return [("test", "-s", AIDE_DB)]
-
-    def extra_problems(self, ctx: Context, state: ConfigState) -> list[str]:
-        return [] if state.missing_packages or state.extra[0].ok else [f"no AIDE database ({AIDE_DB})"]
-
-    def extra_operations(self, ctx: Context, state: ConfigState) -> list[Operation]:
-        if state.extra[0].ok:
-            return []
+    def conditions(self, ctx: Context) -> Sequence[Condition]:
         # aide --init as root, as aideinit does it without its capsh step (which needs
         # CAP_DAC_READ_SEARCH, absent in a container), then the new database put in place.
-        return [Command("initialise AIDE's database (aide --init)",
-                        ("sh", "-c", f"aide --config=/etc/aide/aide.conf --init >/dev/null && "
-                                     f"cp -f {AIDE_DB}.new {AIDE_DB}"), timeout=1800.0)]
+        script = f"aide --config=/etc/aide/aide.conf --init >/dev/null && cp -f {AIDE_DB}.new {AIDE_DB}"
+        return [Condition(("test", "-s", AIDE_DB), f"no AIDE database ({AIDE_DB})",
+                          Command("initialise AIDE's database (aide --init)", ("sh", "-c", script),
+                                  timeout=1800.0))]
 
 
 CHKROOTKIT_CONF = "/etc/chkrootkit/chkrootkit.conf"
@@ -242,16 +220,9 @@ class MalwareScannerRule(HostConfigRule):
     severity = Severity.LOW
     packages = ("chkrootkit",)
 
-    def extra_facts(self, ctx: Context) -> Sequence[Sequence[str]]:
-        return [("grep", "-q", '^RUN_DAILY="true"', CHKROOTKIT_CONF)]
-
-    def extra_problems(self, ctx: Context, state: ConfigState) -> list[str]:
-        if state.missing_packages or state.extra[0].ok:
-            return []
-        return [f"{CHKROOTKIT_CONF}: RUN_DAILY is not true"]
-
-    def extra_operations(self, ctx: Context, state: ConfigState) -> list[Operation]:
+    def conditions(self, ctx: Context) -> Sequence[Condition]:
         # Debian's package runs daily (DIFF_MODE: only changes are reported) unless told not to.
-        script = (f"grep -q '^RUN_DAILY=\"true\"' {CHKROOTKIT_CONF} || "
-                  f"sed -i 's/^RUN_DAILY=.*/RUN_DAILY=\"true\"/' {CHKROOTKIT_CONF}")
-        return [] if state.extra[0].ok else [Command("turn chkrootkit's daily run on", ("sh", "-c", script))]
+        return [Condition(("grep", "-q", '^RUN_DAILY="true"', CHKROOTKIT_CONF),
+                          f"{CHKROOTKIT_CONF}: RUN_DAILY is not true",
+                          Command("turn chkrootkit's daily run on",
+                                  ("sed", "-i", 's/^RUN_DAILY=.*/RUN_DAILY="true"/', CHKROOTKIT_CONF)))]

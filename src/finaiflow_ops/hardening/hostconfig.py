@@ -4,7 +4,7 @@ Each rule here names the packages it needs, the files it owns (written whole, wi
 who wrote them) and the settings it keeps in files it shares with the system (`KEY VALUE` lines in
 /etc/login.defs, the rest left alone). The facts are read in one round trip; apply installs what
 is missing (apt's lists refreshed when empty or stale), writes what differs, then runs the rule's
-own steps (start a service, initialise a database), each only when its check says so.
+own conditions' fixes (start a service, initialise a database), each only when its check fails.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from finaiflow_ops.hardening.base import (
     apt_install,
     run_many,
 )
-from finaiflow_ops.target import CommandResult
 
-__all__ = ["HEADER", "ConfigState", "HostConfigRule", "ManagedFile", "Settings", "set_keys"]
+__all__ = ["HEADER", "Condition", "ConfigState", "HostConfigRule", "ManagedFile", "Settings", "read_keys",
+           "set_keys"]
 
 HEADER = "# Written by finaiflow-ops harden apply"
 
@@ -74,10 +74,19 @@ def read_keys(text: str, keys: Sequence[str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """Something that must hold once the packages are there (a service running, a database made)."""
+
+    check: tuple[str, ...]  # a command on the target that exits 0 when it holds
+    problem: str  # what the audit says when it does not
+    fix: Operation  # what makes it hold
+
+
+@dataclass(frozen=True)
 class ConfigState:
     missing_packages: tuple[str, ...]
     files: dict[str, str | None]  # path -> current content (None: missing)
-    extra: tuple[CommandResult, ...] = field(default=())  # the rule's own facts, in its order
+    held: tuple[bool, ...] = field(default=())  # each condition's check, in the rule's order
 
 
 class HostConfigRule(Rule[ConfigState]):
@@ -91,15 +100,12 @@ class HostConfigRule(Rule[ConfigState]):
     def settings(self, ctx: Context) -> Sequence[Settings]:
         return ()
 
-    def extra_facts(self, ctx: Context) -> Sequence[Sequence[str]]:
-        """Commands whose results `extra_problems` and `extra_operations` read."""
+    def conditions(self, ctx: Context) -> Sequence[Condition]:
         return ()
 
-    def extra_problems(self, ctx: Context, state: ConfigState) -> list[str]:
-        return []
-
-    def extra_operations(self, ctx: Context, state: ConfigState) -> list[Operation]:
-        return []
+    def applies(self, ctx: Context) -> str:
+        """Why the rule does not concern this host ('' when it does); read before anything else."""
+        return ""
 
     # -- the rule -------------------------------------------------------------------------------
 
@@ -107,18 +113,20 @@ class HostConfigRule(Rule[ConfigState]):
         return [f.path for f in self.managed(ctx)] + [s.path for s in self.settings(ctx)]
 
     def facts(self, ctx: Context) -> ConfigState:
-        paths, extra = self._paths(ctx), self.extra_facts(ctx)
+        reason = self.applies(ctx)
+        if reason:
+            raise NotApplicable(reason)
+        paths, checks = self._paths(ctx), [c.check for c in self.conditions(ctx)]
         results = run_many(ctx.target, ("dpkg-query", "--version"),
                            *(("dpkg-query", "-W", "-f", "${Status}", p) for p in self.packages),
-                           *(("cat", "--", p) for p in paths), *extra)
+                           *(("cat", "--", p) for p in paths), *checks)
         if results[0].exit_status == 127:
             raise NotApplicable("not a Debian-based host (no dpkg-query)")
-        packages = results[1:1 + len(self.packages)]
+        packages, results = results[1:1 + len(self.packages)], results[1 + len(self.packages):]
         missing = tuple(p for p, r in zip(self.packages, packages, strict=True)
                         if not (r.ok and r.stdout.strip().endswith(" installed")))
-        read = results[1 + len(self.packages):1 + len(self.packages) + len(paths)]
-        files = {p: (r.stdout if r.ok else None) for p, r in zip(paths, read, strict=True)}
-        return ConfigState(missing, files, tuple(results[1 + len(self.packages) + len(paths):]))
+        files = {p: (r.stdout if r.ok else None) for p, r in zip(paths, results, strict=False)}
+        return ConfigState(missing, files, tuple(r.ok for r in results[len(paths):]))
 
     def evaluate(self, ctx: Context, state: ConfigState) -> Verdict:
         problems = [f"{p} is not installed" for p in state.missing_packages]
@@ -130,7 +138,9 @@ class HostConfigRule(Rule[ConfigState]):
             values = read_keys(state.files.get(s.path) or "", list(s.values))
             problems += [f"{s.path}: {key} is {values[key] or 'unset'} (wanted {value})"
                          for key, value in s.values.items() if values[key] != value]
-        problems += self.extra_problems(ctx, state)
+        if not state.missing_packages:  # conditions are about what the packages bring
+            conditions = zip(self.conditions(ctx), state.held, strict=True)
+            problems += [c.problem for c, held in conditions if not held]
         shown = ", ".join([*self.packages, *self._paths(ctx)])
         return Verdict(tuple(problems), "dpkg-query, files", shown)
 
@@ -143,4 +153,4 @@ class HostConfigRule(Rule[ConfigState]):
             if read_keys(current, list(s.values)) != dict(s.values):
                 note = ", ".join(f"{k} {v}" for k, v in s.values.items())
                 ops.append(WriteFile(s.path, set_keys(current, s.values), 0o644, note=note))
-        return ops + self.extra_operations(ctx, state)
+        return ops + [c.fix for c, held in zip(self.conditions(ctx), state.held, strict=True) if not held]
