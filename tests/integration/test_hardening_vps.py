@@ -238,6 +238,9 @@ def test_fail2ban_apply_refuses_without_docker_user_chain(vps: Vps) -> None:
 
 # -- hardened ---------------------------------------------------------------------------------------
 
+SSH_AUDIT_GOOD, SSH_AUDIT_WARNING, SSH_AUDIT_FAILURE = 0, 2, 3  # ssh-audit 2.5's exit codes
+
+
 def ssh_audit(vps: Vps) -> subprocess.CompletedProcess[str]:
     """Debian's ssh-audit (installed here when missing) against the VPS's sshd, without colours."""
     ensure_package("ssh-audit", "ssh-audit")
@@ -251,6 +254,7 @@ def test_ssh_audit_fails_debians_default_sshd(vps: Vps) -> None:
     audit = ssh_audit(vps)
     fails = [line.strip() for line in audit.stdout.splitlines() if "[fail]" in line]
     print(f"ssh-audit, default sshd: exit {audit.returncode}, {len(fails)} [fail]")
+    assert audit.returncode == SSH_AUDIT_FAILURE, audit.stdout
     assert any(line.startswith("(kex) ecdh-sha2-nistp256") for line in fails), audit.stdout
     assert any(line.startswith("(key) ecdsa-sha2-nistp256") for line in fails), audit.stdout
 
@@ -348,6 +352,7 @@ def test_ssh_audit_finds_no_fail_on_the_hardened_sshd(vps: Vps, hardened: Harden
     print(f"ssh-audit, hardened sshd: exit {audit.returncode}, {len(fails)} [fail], {len(warns)} [warn]: "
           + "; ".join(warns))
     assert audit.stdout.strip() and not fails, audit.stdout
+    assert audit.returncode in (SSH_AUDIT_GOOD, SSH_AUDIT_WARNING), audit.stdout
     assert "ecdsa-sha2-nistp256" not in audit.stdout and "(kex) ecdh-sha2" not in audit.stdout
     # New logins work with the new algorithms (each CLI call is a new SSH connection).
     assert vps.cli("harden", "audit", "--only", "ssh.crypto").returncode == 0
