@@ -52,7 +52,8 @@ HOST_RULES = {"ssh.auth", "ssh.limits", "ssh.crypto", "ssh.config-files", "firew
               "fail2ban.nginx-limit-req", "sysctl.network", "sysctl.kernel", "kernel.core-dumps",
               "kernel.modules", "host.banners", "host.login-defs", "host.shell-timeout",
               "packages.unattended-upgrades", "packages.hardening-tools", "accounting.process",
-              "integrity.aide", "malware.scanner", "docker.daemon.tcp-socket", "docker.daemon.settings"}
+              "integrity.aide", "malware.scanner", "logging.syslog", "docker.daemon.tcp-socket",
+              "docker.daemon.settings"}
 IN_CONTAINER_SKIPPED = "accounting.auditd"
 NGINX_JAIL = "fail2ban.nginx-limit-req"
 LYNIS_MIN_INDEX = 80
@@ -373,7 +374,7 @@ def test_lynis_hardening_index_reaches_80_after_apply(vps: Vps, lynis_before: Ly
     assert not {s.split()[0] for s in after.suggestions} & {"KRNL-5820", "BANN-7126", "AUTH-9230",
                                                            "DEB-0280", "DEB-0831", "PKGS-7370", "FINT-4350",
                                                            "ACCT-9622", "STRG-1846", "USB-1000", "NETW-3200",
-                                                           "HRDN-7230"}
+                                                           "HRDN-7230", "LOGG-2130"}
 
 
 def test_second_apply_changes_nothing_and_says_so(vps: Vps, hardened: Hardened) -> None:

@@ -48,6 +48,7 @@ from finaiflow_ops.hardening.host import (
     MalwareScannerRule,
     ProcessAccountingRule,
     ShellTimeoutRule,
+    SyslogRule,
 )
 from finaiflow_ops.hardening.nginx import NginxHeadersRule, NginxRateLimitRule, NginxServerTokensRule
 from finaiflow_ops.hardening.packages import UnattendedUpgradesRule
@@ -99,6 +100,7 @@ RULES: tuple[Rule[Any], ...] = (
     AuditdRule(),
     FileIntegrityRule(),
     MalwareScannerRule(),
+    SyslogRule(),
     DaemonTcpSocketRule(),
     DaemonSettingsRule(),
     PublishedPortsRule(),

@@ -17,7 +17,9 @@ a Debian VPS and is safe where Docker runs the stack.
   belongs to the host);
 - `integrity.aide`: AIDE, with Docker's and the logs' ever-changing directories left out, and its
   database initialised;
-- `malware.scanner`: chkrootkit with its daily run on (reporting only what changed since the last).
+- `malware.scanner`: chkrootkit with its daily run on (reporting only what changed since the last);
+- `logging.syslog`: a log daemon runs (journald on a systemd host; else rsyslog is installed and
+  started), so that sshd's and the kernel's messages are kept.
 
 Declined suggestions (password aging, a stricter login umask, separate partitions, ...) are listed
 with the reasons in docs/hardening.md.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from finaiflow_ops.hardening.base import Command, Context, Severity
+from finaiflow_ops.hardening.base import Command, Context, Severity, apt_install
 from finaiflow_ops.hardening.hostconfig import HEADER, Condition, HostConfigRule, ManagedFile, Settings
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "MalwareScannerRule",
     "ProcessAccountingRule",
     "ShellTimeoutRule",
+    "SyslogRule",
 ]
 
 _IN_CONTAINER = ("sh", "-c", "test -f /.dockerenv || test -f /run/.containerenv")
@@ -226,3 +229,15 @@ class MalwareScannerRule(HostConfigRule):
                           f"{CHKROOTKIT_CONF}: RUN_DAILY is not true",
                           Command("turn chkrootkit's daily run on",
                                   ("sed", "-i", 's/^RUN_DAILY=.*/RUN_DAILY="true"/', CHKROOTKIT_CONF)))]
+
+
+class SyslogRule(HostConfigRule):
+    id = "logging.syslog"
+    title = "a log daemon runs (journald, else rsyslog)"
+    severity = Severity.LOW
+
+    def conditions(self, ctx: Context) -> Sequence[Condition]:
+        start = "systemctl enable --now rsyslog" if ctx.systemd else "pidof rsyslogd >/dev/null || rsyslogd"
+        return [Condition(("sh", "-c", "pidof systemd-journald rsyslogd syslog-ng >/dev/null"),
+                          "no log daemon runs (journald, rsyslog or syslog-ng)",
+                          (apt_install("rsyslog"), Command("start rsyslog", ("sh", "-c", start))))]

@@ -79,7 +79,11 @@ class Condition:
 
     check: tuple[str, ...]  # a command on the target that exits 0 when it holds
     problem: str  # what the audit says when it does not
-    fix: Operation  # what makes it hold
+    fix: Operation | tuple[Operation, ...]  # what makes it hold
+
+    @property
+    def operations(self) -> tuple[Operation, ...]:
+        return self.fix if isinstance(self.fix, tuple) else (self.fix,)
 
 
 @dataclass(frozen=True)
@@ -153,4 +157,5 @@ class HostConfigRule(Rule[ConfigState]):
             if read_keys(current, list(s.values)) != dict(s.values):
                 note = ", ".join(f"{k} {v}" for k, v in s.values.items())
                 ops.append(WriteFile(s.path, set_keys(current, s.values), 0o644, note=note))
-        return ops + [c.fix for c, held in zip(self.conditions(ctx), state.held, strict=True) if not held]
+        return ops + [op for c, held in zip(self.conditions(ctx), state.held, strict=True) if not held
+                      for op in c.operations]
