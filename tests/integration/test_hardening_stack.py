@@ -250,6 +250,19 @@ def test_audit_json_and_exit_code_on_the_reference_stack(stack: Stack) -> None:
     assert secrets and not any(s in result.stdout + result.stderr for s in secrets)
 
 
+def test_audit_and_apply_agree_rule_by_rule_with_the_stack(stack: Stack) -> None:
+    only = [arg for rule in STACK_RULES for arg in ("--only", rule)]
+    audit = cli("--project-dir", stack.project_dir, "--json", "harden", "audit", *only)
+    applied = cli("--project-dir", stack.project_dir, "--yes", "--json", "harden", "apply", *only)
+    assert audit.returncode == applied.returncode == 0, audit.stderr + applied.stderr
+    statuses = {f["rule"]: f["status"] for f in json.loads(audit.stdout)["findings"]}
+    after = {c["rule"]: c["after"]["status"] for c in json.loads(applied.stdout)["changes"]}
+    assert statuses == after and set(statuses) == set(STACK_RULES), (statuses, after)
+    # With the stack there, the nginx jail concerns the host (audited only: never applied here).
+    jail = hardening.audit(stack_context(stack), only=["fail2ban.nginx-limit-req"]).findings[0]
+    assert jail.status is not Status.SKIP and "not applicable" not in jail.detail, jail
+
+
 def test_apply_asks_without_yes(stack: Stack) -> None:
     result = cli("--project-dir", stack.project_dir, "harden", "apply", "--only", "files.env-mode")
     assert result.returncode == 2

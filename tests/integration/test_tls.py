@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,6 +117,9 @@ def test_the_live_check_passes_with_verification_against_the_development_ca(
     checks = {f["check"] for f in report["findings"]}
     assert {"certificate trusted", "served certificate is the installed one", "TLS 1.1 refused",
             "HSTS on an error page", "HTTP redirects to HTTPS"} <= checks
+    # Mozilla's intermediate curves exactly (the template's ssl_ecdh_curve), and nothing else.
+    assert {"curve X25519 accepted", "curve prime256v1 accepted", "curve secp384r1 accepted",
+            "curve secp521r1 refused", "curve X448 refused"} <= checks
 
 
 def test_the_live_check_fails_when_the_ca_is_not_trusted(local_stack: Stack,
@@ -212,18 +216,19 @@ def test_a_pair_nginx_cannot_load_is_rolled_back(local_stack: Stack, domain: str
     assert httpx.get(f"{base_url}/health", verify=False, timeout=10).status_code == 200
 
 
-# -- a server that still offers TLS 1.0/1.1 -------------------------------------------------------------
+# -- servers of our own: one still offering TLS 1.0/1.1, one with nginx's default curves -------------
 
 LEGACY_CONF = """
 events {}
 http {
     server {
         listen 443 ssl;
-        ssl_certificate /legacy/cert.pem;
-        ssl_certificate_key /legacy/key.pem;
+        ssl_certificate /own/cert.pem;
+        ssl_certificate_key /own/key.pem;
         # What an old configuration still says; OpenSSL 3 needs security level 0 to honour it.
         ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;
         ssl_ciphers DEFAULT:@SECLEVEL=0;
+        ssl_ecdh_curve X25519:prime256v1:secp384r1;  # the profile's: only the protocols are wrong here
         add_header Strict-Transport-Security "max-age=63072000" always;
         location / { return 404; }
     }
@@ -233,22 +238,28 @@ http {
     }
 }
 """
+# Everything as the profile wants but the curves: without ssl_ecdh_curve, nginx ("auto") takes
+# OpenSSL's default groups, which add X448 and secp521r1.
+DEFAULT_CURVES_CONF = LEGACY_CONF.replace("TLSv1 TLSv1.1 TLSv1.2 TLSv1.3", "TLSv1.2 TLSv1.3").replace(
+    "DEFAULT:@SECLEVEL=0", "ECDHE+AESGCM").replace(
+    "ssl_ecdh_curve X25519:prime256v1:secp384r1;  # the profile's: only the protocols are wrong here", "")
 
 
-@pytest.fixture
-def legacy_server(local_stack: Stack, tmp_path: Path, test_ca: trustme.CA) -> Iterator[tuple[str, str]]:
-    """An nginx of our own, on 127.0.0.1, that still accepts TLS 1.0 and 1.1: (https URL, http URL)."""
-    leaf = test_ca.issue_cert("legacy.finaiflow.test")
+@contextmanager
+def own_nginx(local_stack: Stack, tmp_path: Path, test_ca: trustme.CA, conf: str,
+              name: str) -> Iterator[tuple[str, str]]:
+    """An nginx of our own on 127.0.0.1 with `conf`, serving NAME: (https URL, http URL)."""
+    leaf = test_ca.issue_cert(name)
     leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    (tmp_path / "nginx.conf").write_text(LEGACY_CONF)
+    (tmp_path / "nginx.conf").write_text(conf)
     tmp_path.chmod(0o755)
     engine = local_stack.target.docker()
     container = engine.containers.run(
-        local_stack.images()["nginx"], ["nginx", "-c", "/legacy/nginx.conf", "-g", "daemon off;"],
-        entrypoint=[], name=f"finaiflow-tls-test-legacy-{uuid.uuid4().hex[:8]}", detach=True,
+        local_stack.images()["nginx"], ["nginx", "-c", "/own/nginx.conf", "-g", "daemon off;"],
+        entrypoint=[], name=f"finaiflow-tls-test-own-{uuid.uuid4().hex[:8]}", detach=True,
         ports={"443/tcp": ("127.0.0.1", None), "80/tcp": ("127.0.0.1", None)},
-        volumes={str(tmp_path): {"bind": "/legacy", "mode": "ro"}},
+        volumes={str(tmp_path): {"bind": "/own", "mode": "ro"}},
     )
     try:
         container.reload()
@@ -261,11 +272,18 @@ def legacy_server(local_stack: Stack, tmp_path: Path, test_ca: trustme.CA) -> It
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"the legacy nginx did not listen within 15 s: {container.logs()[-500:]!r}")
+                    pytest.fail(f"our own nginx did not listen within 15 s: {container.logs()[-500:]!r}")
                 time.sleep(0.2)
         yield f"https://127.0.0.1:{https}", f"http://127.0.0.1:{http}"
     finally:
         container.remove(force=True)
+
+
+@pytest.fixture
+def legacy_server(local_stack: Stack, tmp_path: Path, test_ca: trustme.CA) -> Iterator[tuple[str, str]]:
+    """An nginx of our own, on 127.0.0.1, that still accepts TLS 1.0 and 1.1: (https URL, http URL)."""
+    with own_nginx(local_stack, tmp_path, test_ca, LEGACY_CONF, "legacy.finaiflow.test") as urls:
+        yield urls
 
 
 def test_the_live_check_reports_a_server_that_still_offers_tls_1_1(
@@ -280,3 +298,20 @@ def test_the_live_check_reports_a_server_that_still_offers_tls_1_1(
     assert failed == ["TLS 1.0 refused", "TLS 1.1 refused"], findings
     assert findings["TLS 1.1 refused"]["detail"].startswith("handshake completed (TLSv1.1")
     assert "fails 2 TLS check(s): TLS 1.0 refused: handshake completed" in done.stderr
+
+
+def test_the_live_check_fails_a_curve_outside_mozillas_intermediate_profile(
+        local_stack: Stack, test_ca: trustme.CA, tmp_path: Path) -> None:
+    test_ca.cert_pem.write_to_path(str(tmp_path / "root.pem"))
+    name = "curves.finaiflow.test"
+    with own_nginx(local_stack, tmp_path, test_ca, DEFAULT_CURVES_CONF, name) as (https, http):
+        done = cli(local_stack, "--json", "tls", "check", https, "--servername", name,
+                   "--ca-file", str(tmp_path / "root.pem"), "--http-url", http)
+    assert done.returncode == 1, done.stderr
+    findings = {f["check"]: f for f in json.loads(done.stdout)["findings"]}
+    failed = sorted(name for name, f in findings.items() if not f["ok"])
+    assert failed == ["curve X448 refused", "curve secp521r1 refused"], findings
+    assert findings["curve X448 refused"]["detail"].startswith("handshake completed (TLSv1.3")
+    for curve in ("X25519", "prime256v1", "secp384r1"):
+        assert findings[f"curve {curve} accepted"]["ok"], findings
+

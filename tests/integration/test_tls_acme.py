@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -20,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -32,24 +32,12 @@ from finaiflow_ops import tls
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.tls.schedule import CRON_MARKER
 from tests.integration.test_tls import cli, domain, local_stack, started_at
+from tests.packages_support import ensure_package
 
 __all__ = ["domain", "local_stack"]  # fixtures shared with test_tls (module-scoped: one per module)
 
 pytestmark = pytest.mark.integration
 EMAIL = "ops@finaiflow.test"
-
-
-def ensure_package(command: str, package: str) -> None:
-    """Install a Debian package the test needs when its command is missing (idempotent, quick)."""
-    if shutil.which(command):
-        return
-    if os.geteuid() != 0:
-        pytest.fail(f"{command} is missing and installing {package} needs root: apt-get install {package}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
-    if subprocess.run(install, env=env, capture_output=True, timeout=300, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300, check=True)
-        subprocess.run(install, env=env, capture_output=True, timeout=300, check=True)
 
 
 def free_port() -> int:
@@ -65,9 +53,16 @@ class Pebble:
     root: Path  # the root pebble issues under (install's chain check trusts it)
 
 
+# Short-lived certificates, as Let's Encrypt is moving to (64 days in 2027, 45 in 2028, 6-day ones
+# already offered): pebble issues for 6 days. A fixed 30-day window would refuse to install them
+# and renew them on every run; the last third of the lifetime (2 days) does neither.
+VALIDITY = timedelta(days=6)
+
+
 @contextmanager
 def running_pebble(work: Path, http_port: int) -> Iterator[Pebble]:
-    """pebble and its DNS on free loopback ports, validating HTTP-01 on `http_port`; stopped after."""
+    """pebble and its DNS on free loopback ports, validating HTTP-01 on `http_port`, issuing 6-day
+    certificates; stopped after."""
     ensure_package("pebble", "pebble")
     listener = trustme.CA()
     server = listener.issue_cert("127.0.0.1", "localhost")
@@ -80,6 +75,7 @@ def running_pebble(work: Path, http_port: int) -> Iterator[Pebble]:
         "certificate": str(work / "cert.pem"), "privateKey": str(work / "key.pem"),
         "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
+        "certificateValidityPeriod": int(VALIDITY.total_seconds()),
     }}))
     logs = [(work / "challtestsrv.log").open("wb"), (work / "pebble.log").open("wb")]
     procs = [subprocess.Popen(
@@ -237,6 +233,8 @@ def test_issue_through_the_nginx_webroot_makes_nginx_serve_the_certificate(
     assert result.method == "webroot" and result.domains == (domain,)
     assert result.certificate.issuer.startswith("CN=Pebble Intermediate CA")
     assert domain in result.certificate.sans
+    lifetime = result.certificate.not_after - result.certificate.not_before  # x509: the last second counts
+    assert VALIDITY - timedelta(seconds=1) <= lifetime <= VALIDITY, lifetime
     assert result.installed, "nginx does not serve the issued certificate"
     assert tls.served_fingerprint(local_stack, domain) == result.certificate.fingerprint
     assert started_at(local_stack) == issued.started_before, "nginx was restarted"
@@ -267,7 +265,11 @@ def test_forced_renewal_under_load_swaps_the_certificate_without_restart(
 
 def test_renewal_that_is_not_due_changes_nothing(local_stack: Stack, domain: str, acme: tls.AcmeOptions,
                                                  issued: Issued) -> None:
+    # 6 days left of 6: not due before 2 are left (a fixed 30-day window would renew it right now).
     served = tls.served_fingerprint(local_stack, domain)
+    leaf = tls.inspect_pem(Path(issued.result.lineage, "fullchain.pem").read_bytes()).leaf
+    assert not tls.renewal_due(leaf)
+    assert abs(tls.renewal_time(leaf) - (leaf.not_after - VALIDITY / 3)) < timedelta(seconds=1)
     done = cli(local_stack, "--yes", "--json", "tls", "renew", *acme.cli_args())
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

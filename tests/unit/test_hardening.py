@@ -102,6 +102,11 @@ maxauthtries 6
 allowtcpforwarding yes
 x11forwarding yes
 allowagentforwarding no
+clientaliveinterval 300
+clientalivecountmax 2
+tcpkeepalive no
+loglevel VERBOSE
+compression no
 """
 
 

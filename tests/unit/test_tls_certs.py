@@ -9,7 +9,17 @@ import trustme
 from cryptography import x509
 
 from finaiflow_ops.tls import certs
-from finaiflow_ops.tls.certs import CertificateRejected, configured_domains, covers, inspect_pem, validate
+from finaiflow_ops.tls.certs import (
+    CertificateRejected,
+    configured_domains,
+    covers,
+    describe,
+    inspect_pem,
+    load_certificates,
+    renewal_due,
+    renewal_time,
+    validate,
+)
 
 DOMAIN = "staging.finaiflow.test"
 
@@ -74,10 +84,34 @@ def test_an_expired_certificate_is_refused(intermediate: trustme.CA) -> None:
 def test_a_certificate_inside_the_renewal_window_is_refused(intermediate: trustme.CA) -> None:
     end = datetime.now(UTC) + timedelta(days=10, hours=1)
     chain, key, _ = pair(intermediate, not_after=end)
-    result = validate(chain, key, domains=[DOMAIN], anchors=[])
+    result = validate(chain, key, domains=[DOMAIN], anchors=[], renew_window_days=30)
     assert result.problems == (f"the certificate expires in 10 days ({end:%Y-%m-%d}), "
                                "inside the renewal window of 30 days",)
     assert validate(chain, key, domains=[DOMAIN], anchors=[], renew_window_days=7).ok
+
+
+def test_the_default_window_is_the_last_third_of_the_lifetime(intermediate: trustme.CA) -> None:
+    now = datetime.now(UTC)
+    # A 6-day certificate just issued is fine (a fixed 30-day window refused every short-lived one)...
+    fresh, key, _ = pair(intermediate, not_before=now - timedelta(hours=1),
+                         not_after=now - timedelta(hours=1) + timedelta(days=6))
+    assert validate(fresh, key, domains=[DOMAIN], anchors=[]).ok
+    assert not validate(fresh, key, domains=[DOMAIN], anchors=[], renew_window_days=30).ok
+    # ...one with less than a third of its 6 days left is due, and refused.
+    start = now - timedelta(days=4, hours=1)
+    due, key, _ = pair(intermediate, not_before=start, not_after=start + timedelta(days=6))
+    problems = validate(due, key, domains=[DOMAIN], anchors=[]).problems
+    assert len(problems) == 1, problems
+    assert "inside its renewal window (the last third of its 6-day lifetime" in problems[0]
+    info = describe(load_certificates(due)[0])
+    assert renewal_due(info) and renewal_time(info) == info.not_after - timedelta(days=2)
+    # 90 days: due at 30 left, as before; 45 days: at 15.
+    for days, left in ((90, 30), (45, 15)):
+        chain = pair(intermediate, not_before=now, not_after=now + timedelta(days=days))[0]
+        info = describe(load_certificates(chain)[0])
+        assert renewal_time(info) == info.not_after - timedelta(days=left)
+        assert not renewal_due(info, now + timedelta(days=days - left - 1))
+        assert renewal_due(info, renewal_time(info))
 
 
 def test_a_missing_intermediate_is_refused(root: trustme.CA, intermediate: trustme.CA) -> None:

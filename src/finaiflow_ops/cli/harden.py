@@ -35,12 +35,13 @@ def _context(opts: Options, nginx_logs: str | None) -> hardening.Context:
 @logs_option
 @pass_options
 def harden_audit(opts: Options, only: tuple[str, ...], nginx_logs: str | None) -> None:
-    """Check every rule on the target (exit 1 when a high-severity rule fails)."""
+    """Check every rule on the target (exit 1 when a rule is not compliant, as apply would leave it)."""
     hardening.select(only)  # an unknown id is a usage error before anything runs
     report = hardening.audit(_context(opts, nginx_logs), only=only, progress=progress)
     emit(opts, report, _print_audit)
-    if not report.passed:
-        raise CheckFailed(f"high-severity rules fail: {', '.join(report.high_failures)}",
+    if not report.compliant:  # the same meaning as apply's exit 1: a rule is not compliant
+        high = f" (high severity: {', '.join(report.high_failures)})" if report.high_failures else ""
+        raise CheckFailed(f"not compliant: {', '.join(report.failures)}{high}",
                           hint="see the findings above; `finaiflow-ops harden apply` fixes what it can")
 
 
@@ -56,8 +57,8 @@ def harden_apply(opts: Options, only: tuple[str, ...], nginx_logs: str | None) -
     report = hardening.apply(_context(opts, nginx_logs), only=only, progress=progress)
     emit(opts, report, _print_apply)
     if not report.ok:
-        left = [c.rule for c in report.changes if not c.ok]
-        raise CheckFailed(f"not compliant after apply: {', '.join(left)}", hint="see the reasons above")
+        raise CheckFailed(f"not compliant after apply: {', '.join(report.failures)}",
+                          hint="see the reasons above")
 
 
 def _print_audit(report: AuditReport) -> None:

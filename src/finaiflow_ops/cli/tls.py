@@ -35,14 +35,14 @@ def acme_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--certbot", "certbot_path", default=None, help="certbot executable on the target.")
     @click.option("--ca-file", "ca_files", multiple=True,
                   help="Extra trusted root for the chain check, on the target (repeatable).")
-    @click.option("--window", default=tls.DEFAULT_RENEW_WINDOW_DAYS, show_default=True,
-                  type=click.IntRange(0),
-                  help="Refuse certificates with fewer days left than this (the renewal window).")
+    @click.option("--window", default=tls.DEFAULT_RENEW_WINDOW_DAYS, type=click.IntRange(0), metavar="DAYS",
+                  help="Refuse certificates with fewer days left than this (default: those in the last "
+                       "third of their lifetime, when they are renewed).")
     @click.option("--ops-command", default=None, help="finaiflow-ops on the target, for the deploy hook.")
     @functools.wraps(command)
     def wrapper(*args: Any, server: str | None, staging: bool, acme_dir: str | None, ca_bundle: str | None,
-                certbot_path: str | None, ca_files: tuple[str, ...], window: int, ops_command: str | None,
-                **kwargs: Any) -> Any:
+                certbot_path: str | None, ca_files: tuple[str, ...], window: int | None,
+                ops_command: str | None, **kwargs: Any) -> Any:
         if staging and server:
             raise UsageError("--staging and --server exclude each other")
         kwargs["acme"] = tls.AcmeOptions(

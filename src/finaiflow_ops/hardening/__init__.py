@@ -34,14 +34,28 @@ from finaiflow_ops.hardening.containers import (
     PublishedPortsRule,
 )
 from finaiflow_ops.hardening.docker import DaemonSettingsRule, DaemonTcpSocketRule
-from finaiflow_ops.hardening.fail2ban import Fail2banRule
+from finaiflow_ops.hardening.fail2ban import Fail2banRule, Fail2banSshdRule
 from finaiflow_ops.hardening.files import AppDirsRule, EnvFileModeRule, TlsKeyModeRule
 from finaiflow_ops.hardening.firewall import UfwRule
+from finaiflow_ops.hardening.host import (
+    AuditdRule,
+    BannersRule,
+    CoreDumpsRule,
+    FileIntegrityRule,
+    HardeningPackagesRule,
+    KernelModulesRule,
+    LoginDefsRule,
+    MalwareScannerRule,
+    ProcessAccountingRule,
+    ShellTimeoutRule,
+    SyslogRule,
+)
 from finaiflow_ops.hardening.nginx import NginxHeadersRule, NginxRateLimitRule, NginxServerTokensRule
 from finaiflow_ops.hardening.packages import UnattendedUpgradesRule
 from finaiflow_ops.hardening.scans import DependencyAuditRule, ImageScanRule
 from finaiflow_ops.hardening.sshd import SshAuthRule, SshConfigFilesRule, SshLimitsRule
-from finaiflow_ops.hardening.sysctl import SysctlRule
+from finaiflow_ops.hardening.sshd_crypto import SshCryptoRule
+from finaiflow_ops.hardening.sysctl import KernelSysctlRule, SysctlRule
 from finaiflow_ops.progress import Progress
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
@@ -68,11 +82,25 @@ __all__ = [
 RULES: tuple[Rule[Any], ...] = (
     SshAuthRule(),
     SshLimitsRule(),
+    SshCryptoRule(),
     SshConfigFilesRule(),
     UfwRule(),
+    Fail2banSshdRule(),
     Fail2banRule(),
     SysctlRule(),
+    KernelSysctlRule(),
+    CoreDumpsRule(),
+    KernelModulesRule(),
+    BannersRule(),
+    LoginDefsRule(),
+    ShellTimeoutRule(),
     UnattendedUpgradesRule(),
+    HardeningPackagesRule(),
+    ProcessAccountingRule(),
+    AuditdRule(),
+    FileIntegrityRule(),
+    MalwareScannerRule(),
+    SyslogRule(),
     DaemonTcpSocketRule(),
     DaemonSettingsRule(),
     PublishedPortsRule(),
@@ -107,6 +135,16 @@ class AuditReport:
         return tuple(f.rule for f in self.findings if f.failed and f.severity is Severity.HIGH)
 
     @property
+    def failures(self) -> tuple[str, ...]:
+        """Every rule not compliant (any severity): `harden audit` exits 1 when there is one, as
+        `harden apply` does when one is left after it."""
+        return tuple(f.rule for f in self.findings if f.failed)
+
+    @property
+    def compliant(self) -> bool:
+        return not self.failures
+
+    @property
     def counts(self) -> dict[str, int]:
         counted = Counter(f.status.value for f in self.findings)
         return {status.value: counted.get(status.value, 0) for status in Status}
@@ -127,6 +165,11 @@ class ApplyReport:
     @property
     def changed(self) -> tuple[str, ...]:
         return tuple(c.rule for c in self.changes if c.changed)
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """The rules left not compliant (as an audit right after would name them)."""
+        return tuple(c.rule for c in self.changes if not c.ok)
 
 
 def select(only: Iterable[str] = ()) -> list[Rule[Any]]:

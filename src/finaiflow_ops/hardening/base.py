@@ -337,9 +337,21 @@ def wait_reachable(target: Target, *, timeout: float = 15.0) -> None:
                 raise
 
 
+# apt's package lists are refreshed first when they are missing (a fresh image: `apt-get install`
+# would say "Unable to locate package") or older than a day (stale: the versions they name are
+# gone from the mirror, a 404), and once more when the install still fails on them.
+APT_STALE_MINUTES = 1440
+_APT_INSTALL = (
+    'export DEBIAN_FRONTEND=noninteractive; '
+    f'if ! find /var/lib/apt/lists -maxdepth 1 -name "*_Packages*" -mmin -{APT_STALE_MINUTES} | grep -q .; '
+    'then apt-get update -q; fi; '
+    'apt-get install -y -q "$@" || { apt-get update -q && apt-get install -y -q "$@"; }')
+
+
 def apt_install(*packages: str) -> Command:
-    return Command(f"install {' '.join(packages)} (apt-get)",
-                   ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", *packages))
+    """Install Debian packages, refreshing apt's lists first when they are empty or stale."""
+    return Command(f"install {' '.join(packages)} (apt-get, lists refreshed when empty or stale)",
+                   ("sh", "-c", _APT_INSTALL, "sh", *packages), timeout=900.0)
 
 
 def mode_text(mode: int) -> str:

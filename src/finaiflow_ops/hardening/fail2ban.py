@@ -1,5 +1,9 @@
-"""fail2ban: the runbook's jail `nginx-limit-req`, reading the log nginx really writes, banning
-where it stops traffic to containers.
+"""fail2ban: Debian's sshd jail on every host, and the runbook's jail `nginx-limit-req`, reading
+the log nginx really writes, banning where it stops traffic to containers.
+
+A host is often hardened before the stack arrives: fail2ban is installed and runs Debian's sshd
+jail from the start (`fail2ban.sshd`), and the nginx jail is "not applicable yet", in the audit
+and in apply alike, until nginx's log directory is known (a stack, or --nginx-logs).
 
 The runbook's jail reads /var/log/nginx/error.log on the host, which the nginx container never
 writes, and bans in INPUT, which traffic to a published container port never crosses (Docker
@@ -19,7 +23,9 @@ from dataclasses import dataclass
 from finaiflow_ops import polling
 from finaiflow_ops.errors import CommandFailed
 from finaiflow_ops.hardening.base import (
+    Command,
     Context,
+    NotApplicable,
     Operation,
     Refuse,
     Rule,
@@ -32,13 +38,19 @@ from finaiflow_ops.hardening.base import (
     run_many,
 )
 
-__all__ = ["CHAIN", "JAIL", "JAIL_FILE", "SETTINGS", "Fail2banRule", "render_jail"]
+__all__ = ["CHAIN", "JAIL", "JAIL_FILE", "SETTINGS", "SSHD_JAIL_FILE", "Fail2banRule", "Fail2banSshdRule",
+           "render_jail", "render_sshd_jail"]
 
 JAIL = "nginx-limit-req"
 JAIL_FILE = "/etc/fail2ban/jail.d/finaiflow-nginx-limit-req.local"
 SETTINGS = {"maxretry": "10", "findtime": "60", "bantime": "3600"}  # the runbook's values
 CHAIN = "DOCKER-USER"
 START_TIMEOUT = 30.0
+SSHD_JAIL = "sshd"
+SSHD_JAIL_FILE = "/etc/fail2ban/jail.d/finaiflow-sshd.local"
+AUTH_LOG = "/var/log/auth.log"
+NO_LOG_YET = ("not applicable yet: nginx's log directory is not known (no stack on this host yet, or "
+              "nginx not running); run with --project-dir once the stack runs, or pass --nginx-logs DIR")
 
 
 def render_jail(logpath: str) -> str:
@@ -68,7 +80,7 @@ class JailState:
     settings: dict[str, str]
     logpaths: tuple[str, ...]
     chains: dict[str, str]  # action -> the chain it bans in
-    expected_log: str | None
+    expected_log: str
     log_exists: bool
     jail_file: str | None
     docker_user_chain: bool
@@ -91,10 +103,12 @@ class Fail2banRule(Rule[JailState]):
     severity = Severity.MEDIUM
 
     def facts(self, ctx: Context) -> JailState:
-        expected = f"{ctx.nginx_logs.rstrip('/')}/error.log" if ctx.nginx_logs else None
+        if not ctx.nginx_logs:  # the same verdict for audit and apply: nothing to jail yet
+            raise NotApplicable(NO_LOG_YET)
+        expected = f"{ctx.nginx_logs.rstrip('/')}/error.log"
         client = ("fail2ban-client",)
         log, chain, ping, jail_file, status, *got = run_many(
-            ctx.target, ("test", "-f", expected or "/nonexistent"), ("iptables", "-S", CHAIN),
+            ctx.target, ("test", "-f", expected), ("iptables", "-S", CHAIN),
             (*client, "ping"), ("cat", JAIL_FILE), (*client, "status", JAIL),
             *((*client, "get", JAIL, key) for key in (*SETTINGS, "logpath", "actions")))
         installed, running = ping.exit_status != 127, status.ok
@@ -114,16 +128,13 @@ class Fail2banRule(Rule[JailState]):
         if not state.installed:
             return Verdict(("fail2ban is not installed",), source)
         problems = []
-        if state.expected_log is None:
-            problems.append("no nginx log directory known (no stack, or nginx not running): "
-                            "pass --nginx-logs DIR")
         if not state.jail_running:
             server = "" if state.server_running else " (fail2ban is not)"
             problems.append(f"jail {JAIL} is not running{server}")
             return Verdict(tuple(problems), source)
         problems += [f"{key} is {state.settings.get(key)} (wanted {value})"
                      for key, value in SETTINGS.items() if state.settings.get(key) != value]
-        if state.expected_log and state.expected_log not in state.logpaths:
+        if state.expected_log not in state.logpaths:
             reads = ", ".join(state.logpaths) or "no file"
             problems.append(f"reads {reads}, not nginx's {state.expected_log}")
         if CHAIN not in state.chains.values():
@@ -133,9 +144,6 @@ class Fail2banRule(Rule[JailState]):
         return Verdict(tuple(problems), source, f"{shown}, log {', '.join(state.logpaths)}, chain {CHAIN}")
 
     def plan(self, ctx: Context, state: JailState) -> Sequence[Operation]:
-        if state.expected_log is None:
-            raise Refuse("no nginx log directory known: run against the stack (--project-dir) "
-                         "or pass --nginx-logs")
         if not state.log_exists:
             raise Refuse(f"{state.expected_log} does not exist: start nginx first (fail2ban will not start a "
                          "jail without its log)")
@@ -146,34 +154,85 @@ class Fail2banRule(Rule[JailState]):
         content = render_jail(state.expected_log)
         if state.jail_file != content:
             ops.append(WriteFile(JAIL_FILE, content))
-        ops.append(StartJail(reload=state.server_running))
+        ops.append(StartJail(JAIL))
+        return ops
+
+
+def render_sshd_jail(systemd: bool) -> str:
+    """Debian's sshd jail, on: from the journal where systemd runs (bookworm has no rsyslog, so no
+    auth.log by default), else from auth.log."""
+    source = "backend = systemd\n" if systemd else f"backend = auto\nlogpath = {AUTH_LOG}\n"
+    return ("# Written by finaiflow-ops harden apply: Debian's sshd jail, with its filter and defaults.\n"
+            f"[{SSHD_JAIL}]\nenabled = true\n{source}")
+
+
+@dataclass(frozen=True)
+class SshdJailState:
+    installed: bool
+    server_running: bool
+    jail_running: bool
+    jail_file: str | None
+    auth_log: bool
+
+
+class Fail2banSshdRule(Rule[SshdJailState]):
+    id = "fail2ban.sshd"
+    title = "fail2ban installed and running Debian's sshd jail"
+    severity = Severity.MEDIUM
+
+    def facts(self, ctx: Context) -> SshdJailState:
+        ping, status, jail_file, auth_log = run_many(
+            ctx.target, ("fail2ban-client", "ping"), ("fail2ban-client", "status", SSHD_JAIL),
+            ("cat", SSHD_JAIL_FILE), ("test", "-f", AUTH_LOG))
+        return SshdJailState(ping.exit_status != 127, ping.ok, status.ok,
+                             jail_file.stdout if jail_file.ok else None, auth_log.ok)
+
+    def evaluate(self, ctx: Context, state: SshdJailState) -> Verdict:
+        source = f"fail2ban-client ping, status {SSHD_JAIL}"
+        if not state.installed:
+            return Verdict(("fail2ban is not installed",), source)
+        if not state.server_running:
+            return Verdict(("fail2ban is not running",), source)
+        if not state.jail_running:
+            return Verdict((f"jail {SSHD_JAIL} is not running",), source)
+        return Verdict((), source, f"jail {SSHD_JAIL} running")
+
+    def plan(self, ctx: Context, state: SshdJailState) -> Sequence[Operation]:
+        ops: list[Operation] = [] if state.installed else [apt_install("fail2ban")]
+        content = render_sshd_jail(ctx.systemd)
+        if state.jail_file != content:
+            ops.append(WriteFile(SSHD_JAIL_FILE, content))
+        if not ctx.systemd and not state.auth_log:  # fail2ban refuses to start a jail without its log
+            ops.append(Command(f"create {AUTH_LOG}", ("install", "-m", "0640", "/dev/null", AUTH_LOG)))
+        ops.append(StartJail(SSHD_JAIL))
         return ops
 
 
 @dataclass(frozen=True)
 class StartJail(Operation):
-    """(Re)load fail2ban and wait, against a deadline, until the jail runs."""
+    """Start fail2ban, or reload it when it runs, and wait against a deadline until the jail runs."""
 
-    reload: bool
+    jail: str
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        return "reload fail2ban" if self.reload else "start fail2ban"
+        return f"start or reload fail2ban (jail {self.jail})"
 
     def run(self, ctx: Context) -> None:
         target = ctx.target
-        if self.reload:
+        # Decided now, not when planning: installing the package may have started the server.
+        if _client(ctx, "ping") is not None:
             run_any(target, "fail2ban-client", "reload")  # errors show in the status below
         elif ctx.systemd:
             target.run("systemctl", "enable", "--now", "fail2ban")
         else:
             run_any(target, "fail2ban-client", "start")
         for _attempt in polling.attempts(within=START_TIMEOUT, every=0.5):
-            if _client(ctx, "status", JAIL) is not None:
+            if _client(ctx, "status", self.jail) is not None:
                 return
         log = read_file(target, "/var/log/fail2ban.log") or ""
         errors = [line for line in log.splitlines() if "ERROR" in line]
-        raise CommandFailed(f"jail {JAIL} did not start within {START_TIMEOUT:.0f} s",
+        raise CommandFailed(f"jail {self.jail} did not start within {START_TIMEOUT:.0f} s",
                             output_tail="\n".join(errors[-5:]),
                             hint="see /var/log/fail2ban.log on the target")
 

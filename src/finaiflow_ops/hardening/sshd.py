@@ -14,7 +14,7 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from finaiflow_ops.errors import CheckFailed
+from finaiflow_ops.errors import CheckFailed, TargetUnreachable
 from finaiflow_ops.hardening.base import (
     WITH_SBIN,
     Command,
@@ -53,11 +53,20 @@ AUTH: Wanted = {
     "permitemptypasswords": ("PermitEmptyPasswords", "no", frozenset({"no"})),
 }
 MAX_AUTH_TRIES = 4
+CLIENT_ALIVE_INTERVAL = 300
 LIMITS: Wanted = {
     "maxauthtries": ("MaxAuthTries", "3", frozenset(str(n) for n in range(1, MAX_AUTH_TRIES + 1))),
     "allowtcpforwarding": ("AllowTcpForwarding", "no", frozenset({"no"})),
     "x11forwarding": ("X11Forwarding", "no", frozenset({"no"})),
     "allowagentforwarding": ("AllowAgentForwarding", "no", frozenset({"no"})),
+    # Lynis's SSH-7408: dead sessions found by sshd's own encrypted probes (not spoofable TCP
+    # keepalives), every login's key fingerprint logged, no compression (CRIME-like oracles).
+    "clientaliveinterval": ("ClientAliveInterval", str(CLIENT_ALIVE_INTERVAL),
+                            frozenset(str(n) for n in range(1, CLIENT_ALIVE_INTERVAL + 1))),
+    "clientalivecountmax": ("ClientAliveCountMax", "2", frozenset({"1", "2"})),
+    "tcpkeepalive": ("TCPKeepAlive", "no", frozenset({"no"})),
+    "loglevel": ("LogLevel", "VERBOSE", frozenset({"VERBOSE"})),
+    "compression": ("Compression", "no", frozenset({"no"})),
 }
 _SPELLING = {key: spelled for wanted in (AUTH, LIMITS) for key, (spelled, _, _) in wanted.items()}
 
@@ -108,11 +117,13 @@ def parse_drop_in(text: str) -> dict[str, str]:
     return lines
 
 
-def render_drop_in(current: Mapping[str, str], fix: Mapping[str, str]) -> str:
+def render_drop_in(current: Mapping[str, str], fix: Mapping[str, str],
+                   spelling: Mapping[str, str] | None = None) -> str:
     """The drop-in with `fix` (keyword -> value) merged into what it already holds, in a stable order."""
     merged = dict(current)
+    spelled = {**_SPELLING, **(spelling or {})}
     for key, value in fix.items():
-        merged[key] = f"{_SPELLING.get(key, key)} {value}"
+        merged[key] = f"{spelled.get(key, key)} {value}"
     return _HEADER + "".join(f"{merged[key]}\n" for key in sorted(merged))
 
 
@@ -149,7 +160,8 @@ class SshAuthRule(_EffectiveSettingsRule):
 
 class SshLimitsRule(_EffectiveSettingsRule):
     id = "ssh.limits"
-    title = f"sshd: at most {MAX_AUTH_TRIES} auth tries, no TCP/agent/X11 forwarding"
+    title = (f"sshd: at most {MAX_AUTH_TRIES} auth tries, no TCP/agent/X11 forwarding, dead sessions ended, "
+             "verbose log, no compression")
     severity = Severity.MEDIUM
     wanted = LIMITS
 
@@ -159,16 +171,18 @@ class SshdDropIn(Operation):
     """Merge settings into the drop-in, validate, make sure this session survives, reload sshd."""
 
     fix: Mapping[str, str]
+    spelling: Mapping[str, str] | None = None  # keyword -> its spelling, for keywords of other rules
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        settings = ", ".join(f"{_SPELLING[k]} {v}" for k, v in self.fix.items())
-        return f"set {settings} in {DROP_IN}; sshd -t; reload sshd"
+        spelled = {**_SPELLING, **(self.spelling or {})}
+        settings = ", ".join(f"{spelled.get(k, k)} {v}" for k, v in self.fix.items())
+        return (f"set {settings} in {DROP_IN}; " if settings else "") + "sshd -t; reload sshd; log in anew"
 
     def run(self, ctx: Context) -> None:
         target = ctx.target
         before = read_file(target, DROP_IN)
-        WriteFile(DROP_IN, render_drop_in(parse_drop_in(before or ""), self.fix)).run(ctx)
+        WriteFile(DROP_IN, render_drop_in(parse_drop_in(before or ""), self.fix, self.spelling)).run(ctx)
 
         def undo() -> None:
             if before is None:
@@ -186,6 +200,30 @@ class SshdDropIn(Operation):
             undo()
             raise Refuse(f"{lockout}; {DROP_IN} restored, sshd not reloaded")
         _reload_sshd(ctx)
+        refused = _new_login_fails(ctx)
+        if refused:  # this session is still open (sshd's reload keeps it): undo through it
+            undo()
+            _reload_sshd(ctx)
+            raise Refuse(f"a new SSH login with the new settings failed ({refused}); {DROP_IN} restored "
+                         "and sshd reloaded with the previous settings")
+
+
+def _new_login_fails(ctx: Context) -> str:
+    """Log in anew, as the next session will, while this one stays open: why it failed ('' if not).
+
+    The target's shared connection was made under the old settings and survives the reload, so it
+    proves nothing about the next login; a second connection of its own negotiates the new
+    algorithms and authenticates under the new rules."""
+    if ctx.target.kind != "ssh":
+        return ""
+    probe = Target.parse(ctx.target.url)
+    try:
+        probe.run("true", timeout=30)
+    except TargetUnreachable as exc:
+        return exc.message
+    finally:
+        probe.close()
+    return ""
 
 
 def _would_lock_out(ctx: Context) -> str:

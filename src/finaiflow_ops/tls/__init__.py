@@ -26,6 +26,8 @@ from finaiflow_ops.tls.certs import (
     configured_domains,
     covers,
     inspect_pem,
+    renewal_due,
+    renewal_time,
     validate,
 )
 from finaiflow_ops.tls.check import EndpointReport, Finding, check_endpoint, served_certificate
@@ -84,6 +86,8 @@ __all__ = [
     "read_file",
     "read_installed",
     "renew",
+    "renewal_due",
+    "renewal_time",
     "restore",
     "schedule",
     "served_certificate",

@@ -11,11 +11,18 @@ certbot keeps its state (account, keys, lineages, renewal settings) in ACME_DIR 
 on the target, so any renewal (ours, a cron job, Debian's certbot.timer) installs the new pair
 through the same validated path; after certbot we check that nginx serves the lineage's
 certificate and install it ourselves when the hook did not.
+
+When to renew: certbot 4.1 and later ask the CA for its ACME Renewal Info (ARI) window and, where
+the CA gives none, renew when a third of the certificate's lifetime is left; they decide. With an
+older certbot (Debian 12 ships 2.1: a fixed 30 days, which would renew a 6-day certificate on every
+run and a 45-day one two weeks after issuance) finaiflow-ops decides by the same third and forces
+the renewal when it is due.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 import secrets
 import shlex
 import shutil
@@ -38,6 +45,8 @@ from finaiflow_ops.tls.certs import (
     describe,
     fingerprint,
     load_certificates,
+    renewal_due,
+    renewal_time,
 )
 from finaiflow_ops.tls.install import (
     SERVICE,
@@ -55,6 +64,7 @@ __all__ = [
     "IssueResult",
     "Method",
     "RenewResult",
+    "certbot_version",
     "default_executable",
     "deploy_hook",
     "install_lineage",
@@ -68,6 +78,7 @@ LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 Method = Literal["webroot", "standalone"]  # how certbot answers the HTTP-01 challenge
 WEBROOT = "/var/www/acme"  # where nginx serves /.well-known/acme-challenge/ from (acme_webroot volume)
 CERTBOT_TIMEOUT = 600.0
+ARI_CERTBOT = (4, 1)  # asks the CA's renewal info (ARI); without it renews at a third of the lifetime
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class AcmeOptions:
     certbot: str | None = None  # the executable; default: ours beside this Python, else certbot on PATH
     ca_files: tuple[str, ...] = ()  # extra roots install's chain check trusts (a private ACME CA)
     ops_command: str | None = None  # finaiflow-ops on the target, for the deploy hook
-    renew_window_days: int = DEFAULT_RENEW_WINDOW_DAYS
+    renew_window_days: int | None = DEFAULT_RENEW_WINDOW_DAYS  # None: the last third of the lifetime
 
     def state_dir(self, stack: Stack) -> str:
         return self.acme_dir or posixpath.join(stack.project_dir, "letsencrypt")
@@ -97,7 +108,7 @@ class AcmeOptions:
 
     def cli_args(self) -> list[str]:
         """These options as `finaiflow-ops tls` arguments, for commands run later on the target."""
-        args = [f"--window={self.renew_window_days}"]
+        args = [] if self.renew_window_days is None else [f"--window={self.renew_window_days}"]
         for flag, value in (("--server", self.server), ("--acme-dir", self.acme_dir),
                             ("--ca-bundle", self.ca_bundle), ("--certbot", self.certbot),
                             ("--ops-command", self.ops_command)):
@@ -206,7 +217,8 @@ def renew(
 ) -> RenewResult:
     """`certbot renew` for the stack's certificate, webroot through nginx, deploy hook = our install.
 
-    Not due (30 days before expiry, certbot's rule) means nothing happens, unless `force`.
+    Not due (before the CA's renewal info window, else before the last third of the lifetime: see
+    the module docstring) means nothing happens, unless `force`.
     `dry_run` talks to the ACME server (Let's Encrypt's staging for Let's Encrypt) and changes nothing.
     """
     say = or_quiet(progress)
@@ -223,8 +235,20 @@ def renew(
         args.append("--dry-run")
     if force:
         args.append("--force-renewal")
-    say(f"certbot renew{' --dry-run' if dry_run else ''}{' --force-renewal' if force else ''} for {name}")
     start = time.monotonic()
+    version = certbot_version(stack, options)
+    if version < ARI_CERTBOT and not force and not dry_run:
+        leaf = describe(load_certificates(stack.target.read_text(f"{lineage}/fullchain.pem").encode())[0])
+        shown = ".".join(str(n) for n in version)
+        if not renewal_due(leaf):
+            say(f"not due: {name} renews from {renewal_time(leaf):%Y-%m-%d %H:%M} UTC, a third of its "
+                f"lifetime before it expires (certbot {shown} has no renewal info; finaiflow-ops decides)")
+            served = served_fingerprint(stack, name) if _nginx_running(stack) else None
+            return RenewResult(lineage, dry_run, before, before, served, round(time.monotonic() - start, 2))
+        say(f"due: a third of its lifetime or less is left (certbot {shown} would wait for 30 days)")
+        force = True
+        args.append("--force-renewal")
+    say(f"certbot renew{' --dry-run' if dry_run else ''}{' --force-renewal' if force else ''} for {name}")
     _certbot(stack, options, *args)
     after = _lineage_fingerprint(stack, lineage)
     served = None
@@ -236,7 +260,7 @@ def renew(
 
 
 def install_lineage(stack: Stack, lineage: str, *, ca_files: Sequence[str] = (),
-                    renew_window_days: int = DEFAULT_RENEW_WINDOW_DAYS, domains: Sequence[str] = (),
+                    renew_window_days: int | None = DEFAULT_RENEW_WINDOW_DAYS, domains: Sequence[str] = (),
                     progress: Progress | None = None) -> InstallResult:
     """Install certbot's fullchain.pem and privkey.pem from a lineage directory on the target."""
     target = stack.target
@@ -267,13 +291,22 @@ def deploy_hook(stack: Stack, options: AcmeOptions) -> str:
     return shlex.join(argv) + ' --lineage "$RENEWED_LINEAGE"'
 
 
+def certbot_version(stack: Stack, options: AcmeOptions) -> tuple[int, ...]:
+    """The version of the certbot that runs on the target (`certbot --version`: "certbot 5.8.0")."""
+    executable = options.certbot or default_executable(stack, "certbot")
+    done = stack.target.run(executable, "--version", check=False)
+    match = re.search(r"(\d+)\.(\d+)", done.stdout + done.stderr)
+    if not done.ok or not match:
+        raise UsageError(f"certbot is not available on {stack.target} ({executable})",
+                         hint="pip install certbot beside finaiflow-ops, or apt-get install certbot")
+    return int(match.group(1)), int(match.group(2))
+
+
 def _certbot(stack: Stack, options: AcmeOptions, *args: str) -> None:
     state = options.state_dir(stack)
     env = ["env", f"REQUESTS_CA_BUNDLE={options.ca_bundle}"] if options.ca_bundle else []
     executable = options.certbot or default_executable(stack, "certbot")
-    if not stack.target.run(*env, executable, "--version", check=False).ok:
-        raise UsageError(f"certbot is not available on {stack.target} ({executable})",
-                         hint="pip install certbot beside finaiflow-ops, or apt-get install certbot")
+    certbot_version(stack, options)
     dirs = ["--config-dir", f"{state}/config", "--work-dir", f"{state}/work", "--logs-dir", f"{state}/logs"]
     stack.target.run(*env, executable, *args, *dirs, timeout=CERTBOT_TIMEOUT)
 

@@ -27,6 +27,7 @@ from finaiflow_ops.errors import CertificateRejected
 
 __all__ = [
     "DEFAULT_RENEW_WINDOW_DAYS",
+    "RENEW_FRACTION",
     "CertificateInfo",
     "CertificateRejected",
     "ChainReport",
@@ -38,13 +39,19 @@ __all__ = [
     "inspect_pem",
     "load_certificates",
     "load_private_key",
+    "renewal_due",
+    "renewal_time",
     "trust_anchors",
     "validate",
 ]
 
-# Let's Encrypt certificates live 90 days and certbot renews at 30 days left: a pair with less
-# than that left would be renewed again at once, so it is not worth installing.
-DEFAULT_RENEW_WINDOW_DAYS = 30
+# A certificate is renewed when a third of its lifetime is left (certbot 4 and later when the CA
+# gives no ACME Renewal Info window; Let's Encrypt's advice): 30 days of a 90-day certificate,
+# 15 of the 45-day ones of 2028, 2 of a 6-day one. A pair already inside that window would be
+# renewed again at once, so it is not worth installing. None: that rule; a number of days: a fixed
+# window instead (`--window DAYS`).
+RENEW_FRACTION = 3
+DEFAULT_RENEW_WINDOW_DAYS: int | None = None
 
 PrivateKey = (
     rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
@@ -250,12 +257,21 @@ def trust_anchors(extra: Iterable[bytes] = ()) -> tuple[x509.Certificate, ...]:
     return (*more, *_default_anchors())
 
 
+def renewal_time(info: CertificateInfo) -> datetime:
+    """When a certificate is due for renewal: a third of its lifetime before it expires."""
+    return info.not_after - (info.not_after - info.not_before) / RENEW_FRACTION
+
+
+def renewal_due(info: CertificateInfo, now: datetime | None = None) -> bool:
+    return (now or datetime.now(UTC)) >= renewal_time(info)
+
+
 def validate(
     fullchain_pem: bytes,
     key_pem: bytes,
     *,
     domains: Sequence[str],
-    renew_window_days: int = DEFAULT_RENEW_WINDOW_DAYS,
+    renew_window_days: int | None = DEFAULT_RENEW_WINDOW_DAYS,
     anchors: Sequence[x509.Certificate] | None = None,
     now: datetime | None = None,
 ) -> Validation:
@@ -309,7 +325,14 @@ def validate(
         elif info.not_before > now:
             problems.append(f"{what} is not valid before {info.not_before:%Y-%m-%d %H:%M} UTC")
     days_left = (infos[0].not_after - now).days
-    if infos[0].not_after > now and days_left < renew_window_days:
-        problems.append(f"the certificate expires in {days_left} days ({infos[0].not_after:%Y-%m-%d}), "
-                        f"inside the renewal window of {renew_window_days} days")
+    expires = f"the certificate expires in {days_left} days ({infos[0].not_after:%Y-%m-%d})"
+    if infos[0].not_after <= now:
+        pass
+    elif renew_window_days is not None and days_left < renew_window_days:
+        problems.append(f"{expires}, inside the renewal window of {renew_window_days} days")
+    elif renew_window_days is None and renewal_due(infos[0], now):
+        lifetime = infos[0].not_after - infos[0].not_before
+        problems.append(f"{expires}, inside its renewal window (the last third of its "
+                        f"{lifetime.total_seconds() / 86400:g}-day lifetime, from "
+                        f"{renewal_time(infos[0]):%Y-%m-%d %H:%M} UTC)")
     return Validation(infos[0], tuple(infos[1:]), tuple(domains), tuple(problems), tuple(notes))

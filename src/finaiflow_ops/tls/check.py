@@ -1,9 +1,17 @@
-"""The live check of an HTTPS endpoint: protocols, certificate, HSTS, redirect.
+"""The live check of an HTTPS endpoint: protocols, curves, certificate, HSTS, redirect.
 
 Each check is a Finding (name, ok, detail); the report fails when any finding does. Protocol
 probes pin one TLS version per handshake. OpenSSL 3 refuses to even offer TLS 1.0/1.1 at its
 default security level, so those probes lower the client's level (`@SECLEVEL=0`): a server that
 still accepts them is then seen accepting them, instead of the client failing on its own.
+
+Curves (key exchange groups) are probed the same way: one TLS 1.3 handshake per curve with a client
+offering only that curve. TLS 1.3 because there the list is about key exchange alone (in TLS 1.2
+it also limits the curves of an ECDSA certificate the client accepts, so a P-256 certificate would
+fail every other probe), and nginx's `ssl_ecdh_curve` is one list for both versions. Mozilla's
+intermediate profile allows X25519,
+prime256v1 and secp384r1; OpenSSL's defaults, which a server without `ssl_ecdh_curve` keeps, add
+X448 and secp521r1.
 """
 
 from __future__ import annotations
@@ -24,9 +32,12 @@ from finaiflow_ops.tls.certs import CertificateInfo, covers, describe
 
 __all__ = [
     "MIN_HSTS_SECONDS",
+    "OTHER_CURVES",
+    "PROFILE_CURVES",
     "EndpointReport",
     "Finding",
     "check_endpoint",
+    "probe_curve",
     "probe_protocol",
     "served_certificate",
 ]
@@ -39,6 +50,9 @@ _PROTOCOLS = (
     ("TLS 1.2", ssl.TLSVersion.TLSv1_2, True),
     ("TLS 1.3", ssl.TLSVersion.TLSv1_3, True),
 )
+
+PROFILE_CURVES = ("X25519", "prime256v1", "secp384r1")  # Mozilla's intermediate profile
+OTHER_CURVES = ("secp521r1", "X448")  # OpenSSL offers them too unless the server names its curves
 
 
 @dataclass(frozen=True)
@@ -98,8 +112,12 @@ def probe_protocol(host: str, port: int, version: ssl.TLSVersion, *, servername:
 
     None when this client cannot offer that version at all (nothing was learnt about the server).
     """
+    return _handshake(host, port, _client_context(version), servername, timeout)
+
+
+def _handshake(host: str, port: int, ctx: ssl.SSLContext, servername: str,
+               timeout: float) -> tuple[bool | None, str]:
     try:
-        ctx = _client_context(version)
         with socket.create_connection((host, port), timeout=timeout) as raw, \
                 ctx.wrap_socket(raw, server_hostname=servername) as tls:
             return True, f"handshake completed ({tls.version()}, {(tls.cipher() or ('?',))[0]})"
@@ -109,6 +127,19 @@ def probe_protocol(host: str, port: int, version: ssl.TLSVersion, *, servername:
         return False, f"refused ({exc.reason or exc})"
     except (ConnectionResetError, ssl.SSLEOFError, TimeoutError) as exc:
         return False, f"refused (connection closed: {type(exc).__name__})"
+
+
+def probe_curve(host: str, port: int, curve: str, *, servername: str,
+                timeout: float = 10.0) -> tuple[bool | None, str]:
+    """Whether the server completes a TLS 1.3 handshake where the client offers only `curve`.
+
+    None when this client cannot offer that curve (nothing was learnt about the server)."""
+    ctx = _client_context(ssl.TLSVersion.TLSv1_3)
+    try:
+        ctx.set_ecdh_curve(curve)
+    except ValueError:
+        return None, f"this client's OpenSSL does not know {curve}"
+    return _handshake(host, port, ctx, servername, timeout)
 
 
 def check_endpoint(
@@ -140,6 +171,8 @@ def check_endpoint(
     info = describe(leaf)
     findings = [_protocol_finding(host, port, label, version, wanted, name, timeout)
                 for label, version, wanted in _PROTOCOLS]
+    findings += [_curve_finding(host, port, curve, curve in PROFILE_CURVES, name, timeout)
+                 for curve in (*PROFILE_CURVES, *OTHER_CURVES)]
     if verify:
         findings.append(_trust_finding(host, port, name, ca_file, timeout))
     findings.append(Finding(f"certificate covers {name}", covers(info.sans, name),
@@ -159,6 +192,15 @@ def _protocol_finding(host: str, port: int, label: str, version: ssl.TLSVersion,
     accepted, detail = probe_protocol(host, port, version, servername=servername, timeout=timeout)
     check = f"{label} {'accepted' if wanted else 'refused'}"
     if accepted is None:  # unknown is not a pass: test from a client that can offer it
+        return Finding(check, False, f"could not be tested: {detail}")
+    return Finding(check, accepted == wanted, detail)
+
+
+def _curve_finding(host: str, port: int, curve: str, wanted: bool, servername: str,
+                   timeout: float) -> Finding:
+    check = f"curve {curve} {'accepted' if wanted else 'refused'}"
+    accepted, detail = probe_curve(host, port, curve, servername=servername, timeout=timeout)
+    if accepted is None:
         return Finding(check, False, f"could not be tested: {detail}")
     return Finding(check, accepted == wanted, detail)
 

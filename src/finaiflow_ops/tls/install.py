@@ -123,7 +123,7 @@ def install(
     key_pem: bytes,
     *,
     domains: Sequence[str] = (),
-    renew_window_days: int = DEFAULT_RENEW_WINDOW_DAYS,
+    renew_window_days: int | None = DEFAULT_RENEW_WINDOW_DAYS,
     ca_files: Sequence[bytes] = (),
     timeout: float = 20.0,
     progress: Progress | None = None,
