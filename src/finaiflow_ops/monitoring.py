@@ -328,6 +328,7 @@ def check(
         ("targets", lambda: _targets(monitoring())),
         ("rules", lambda: _rules(monitoring())),
         ("alerts", lambda: _alerts(monitoring())),
+        ("alerting", lambda: _alerting(stack, prometheus())),
         ("backup", lambda: _backup(prometheus(), backup_max_age_hours)),
         ("certificate", lambda: _certificate(stack, base(), cert_min_days)),
     ]
@@ -428,6 +429,40 @@ def _alerts(mon: MonitoringStatus) -> tuple[Status, str]:
         return "warn", f"{'warning firing' if warning else 'critical pending'}: {names(shown)}"
     note = f" ({len(pending)} pending: {', '.join(sorted({a.name for a in pending}))})" if pending else ""
     return "ok", "no alert firing" + note
+
+
+def _alerting(stack: Stack, prom: Prometheus) -> tuple[Status, str]:
+    """Alertmanager up with its configuration, Prometheus sending to it, no failed notification in
+    the last hour; a warning when nobody would be paged or no heartbeat is sent."""
+    from finaiflow_ops import alerting
+
+    am = alerting.Alertmanager.of(stack)
+    if not am.status().get("config", {}).get("original"):
+        return "fail", "Alertmanager has no configuration loaded"
+    if not prom.api("alertmanagers")["activeAlertmanagers"]:
+        return "fail", "Prometheus sends to no Alertmanager (see `alerting:` in prometheus.yml)"
+    # Prometheus evaluates the Watchdog every 10 s and sends it at once: a fresh stack has it
+    # within a few seconds.
+    for _attempt in polling.attempts(within=SETTLE_SECONDS, every=2):
+        if any(a.name == "Watchdog" for a in am.alerts()):
+            break
+    else:
+        return "fail", "Alertmanager holds no Watchdog alert: Prometheus' alerts do not reach it"
+    failed = prom.value('sum(increase(alertmanager_notifications_failed_total{job="alertmanager"}[1h]))')
+    if failed is None:
+        return "fail", "no notification counters from Alertmanager: is it scraped (job alertmanager)?"
+    if failed > 0:
+        return "fail", (f"{failed:.0f} notification(s) failed in the last hour "
+                        "(see `finaiflow-ops logs alertmanager --since 1h`, `finaiflow-ops alert test`)")
+    configured = alerting.receivers(stack.env)
+    shown = ", ".join(f"{r} ({'+'.join(i) or 'nothing'})" for r, i in configured.items())
+    detail = f"Alertmanager holds Prometheus' alerts, no failed notification in 1 h; receivers: {shown}"
+    unset = [what for what, receiver in (("ALERT_WEBHOOK_URL: nobody is paged", "paging"),
+                                         ("ALERT_HEARTBEAT_URL: no dead man's switch", "heartbeat"))
+             if not configured[receiver]]
+    if unset:
+        return "warn", f"{detail}; not set: {'; '.join(unset)}"
+    return "ok", detail
 
 
 def _backup(prom: Prometheus, max_age_hours: float) -> tuple[Status, str]:
