@@ -225,8 +225,8 @@ def test_check_passes_on_the_healthy_stack_with_a_fresh_backup(stack: Stack, bas
                                                                fresh_backup: None) -> None:
     result = ops(stack, "--json", "check", "--url", base_url)
     items = check_items(result)
-    assert list(items) == ["services", "health", "metrics", "targets", "rules", "alerts", "backup",
-                           "certificate"]
+    assert list(items) == ["services", "health", "metrics", "targets", "rules", "alerts", "alerting",
+                           "backup", "certificate"]
     failing = {name: i["detail"] for name, i in items.items() if i["status"] == "fail"}
     assert result.returncode == 0 and not failing, failing
 
