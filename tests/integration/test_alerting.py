@@ -141,7 +141,8 @@ def test_redis_stopped_pages_within_two_minutes_and_its_return_resolves(
     resolved = receiver.wait(lambda: receiver.notifications("/page", "RedisUnreachable", since=back,
                                                             status="resolved"),
                              timeout=120, what="RedisUnreachable (resolved) on the paging webhook")
-    print(f"RedisUnreachable resolved notification received {resolved['at'] - back:.1f} s after Redis was started")
+    print(f"RedisUnreachable resolved notification received {resolved['at'] - back:.1f} s "
+          "after Redis was started")
 
 
 def test_api_stopped_pages_api_down_and_inhibits_its_latency_alert(stack: Stack, receiver: Receiver) -> None:
@@ -154,7 +155,8 @@ def test_api_stopped_pages_api_down_and_inhibits_its_latency_alert(stack: Stack,
     control = {"labels": {"alertname": "InhibitionControl", "severity": "warning"}}
     stack.compose("stop", "api")
     try:
-        down = receiver.wait(lambda: receiver.notifications("/page", "ApiDown", since=stopped, status="firing"),
+        down = receiver.wait(lambda: receiver.notifications("/page", "ApiDown", since=stopped,
+                                                            status="firing"),
                              timeout=150, what="ApiDown (firing) on the paging webhook")
         print(f"ApiDown notification received {down['at'] - stopped:.1f} s after the api was stopped")
         sent = time.time()
@@ -164,7 +166,8 @@ def test_api_stopped_pages_api_down_and_inhibits_its_latency_alert(stack: Stack,
         assert not receiver.notifications("/ticket", "ApiLatencyHigh", since=sent)
         listed = json.loads(ops(stack, "--json", "alert", "list").stdout)["alerts"]
         held = {a["name"]: a for a in listed}
-        assert held["ApiLatencyHigh"]["inhibited_by"] and held["ApiLatencyHigh"]["state"] == "suppressed", held
+        latency_held = held["ApiLatencyHigh"]
+        assert latency_held["inhibited_by"] and latency_held["state"] == "suppressed", held
         assert held["ApiDown"]["state"] == "active" and held["ApiDown"]["receivers"] == ["paging"], held
     finally:
         ended = stamp(time.time())
@@ -173,7 +176,8 @@ def test_api_stopped_pages_api_down_and_inhibits_its_latency_alert(stack: Stack,
         wait_healthy(stack, services=["api", "nginx"], timeout=120)
 
 
-def test_deploy_with_silence_suppresses_alerts_during_the_deploy_only(stack: Stack, receiver: Receiver) -> None:
+def test_deploy_with_silence_suppresses_alerts_during_the_deploy_only(stack: Stack,
+                                                                     receiver: Receiver) -> None:
     am = Alertmanager.of(stack)
     running = sorted({c.image for c in stack.containers() if c.service == "api"})
     assert len(running) == 1, running
@@ -195,15 +199,17 @@ def test_deploy_with_silence_suppresses_alerts_during_the_deploy_only(stack: Sta
             assert time.monotonic() < deadline, "the probe alert was not silenced"
             time.sleep(0.2)
         assert deploy.poll() is None, "the deploy ended before the silence could be seen"
-        out, err = deploy.communicate(timeout=300)
+        _, err = deploy.communicate(timeout=300)
         finished = time.time()
         assert deploy.returncode == 0, err
-        assert not receiver.notifications("/page", "DeploySilenceProbe", since=sent), "paged during the deploy"
+        paged = receiver.notifications("/page", "DeploySilenceProbe", since=sent)
+        assert not paged, "paged during the deploy"
         assert {s.id: s.state for s in am.silences()}[made[0].id] == "expired"
         after = receiver.wait(lambda: receiver.notifications("/page", "DeploySilenceProbe", since=sent),
                               timeout=30, what="the probe alert after the deploy")
         assert after["at"] >= finished - 1
-        print(f"deploy --silence: probe silenced during the deploy, paged {after['at'] - finished:.1f} s after it")
+        print(f"deploy --silence: probe silenced during the deploy, paged {after['at'] - finished:.1f} s "
+              "after it")
     finally:
         if deploy.poll() is None:
             deploy.kill()
