@@ -35,6 +35,7 @@ __all__ = [
     "Prometheus",
     "Sample",
     "ScrapeTarget",
+    "alerting_check",
     "check",
     "status",
 ]
@@ -328,7 +329,7 @@ def check(
         ("targets", lambda: _targets(monitoring())),
         ("rules", lambda: _rules(monitoring())),
         ("alerts", lambda: _alerts(monitoring())),
-        ("alerting", lambda: _alerting(stack, prometheus())),
+        ("alerting", lambda: alerting_check(stack, prometheus())),
         ("backup", lambda: _backup(prometheus(), backup_max_age_hours)),
         ("certificate", lambda: _certificate(stack, base(), cert_min_days)),
     ]
@@ -431,7 +432,7 @@ def _alerts(mon: MonitoringStatus) -> tuple[Status, str]:
     return "ok", "no alert firing" + note
 
 
-def _alerting(stack: Stack, prom: Prometheus) -> tuple[Status, str]:
+def alerting_check(stack: Stack, prom: Prometheus) -> tuple[Status, str]:
     """Alertmanager up with its configuration, Prometheus sending to it, no failed notification in
     the last hour; a warning when nobody would be paged or no heartbeat is sent."""
     from finaiflow_ops import alerting
