@@ -79,7 +79,8 @@ def test_notification_outcomes_are_read_from_alertmanagers_log_lines() -> None:
     ok = ('level=debug ts=2026-12-04T21:30:00.123Z caller=notify.go:772 component=dispatcher '
           'receiver=paging integration=webhook[0] msg="Notify success" attempts=1')
     retry = ('level=warn ts=2026-12-04T21:30:00.123Z caller=notify.go:724 component=dispatcher '
-             'receiver=ticket integration=webhook[0] msg="Notify attempt failed, will retry later" attempts=1 '
+             'receiver=ticket integration=webhook[0] msg="Notify attempt failed, will retry later" '
+             'attempts=1 '
              'err="unexpected status code 500: \\"refused\\" by the receiver"')
     failed = ('level=error ts=2026-12-04T21:30:05.123Z caller=dispatch.go:354 component=dispatcher '
               'msg="Notify for alerts failed" num_alerts=1 err="heartbeat/webhook[0]: notify retry canceled '
