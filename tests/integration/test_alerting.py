@@ -25,7 +25,7 @@ import pytest
 
 from finaiflow_ops import envfile
 from finaiflow_ops.alerting import Alertmanager
-from finaiflow_ops.health import wait_healthy
+from finaiflow_ops.health import wait_healthy, wait_http
 from finaiflow_ops.stack import Stack
 from tests.alerting_support import PORT, RECEIVER_ALIAS, Receiver
 
@@ -145,7 +145,8 @@ def test_redis_stopped_pages_within_two_minutes_and_its_return_resolves(
           "after Redis was started")
 
 
-def test_api_stopped_pages_api_down_and_inhibits_its_latency_alert(stack: Stack, receiver: Receiver) -> None:
+def test_api_stopped_pages_api_down_and_inhibits_its_latency_alert(stack: Stack, receiver: Receiver,
+                                                                   base_url: str) -> None:
     am = Alertmanager.of(stack)
     stopped = time.time()
     # ApiLatencyHigh needs 10 minutes of slow requests: it is sent to Alertmanager as Prometheus
@@ -174,6 +175,7 @@ def test_api_stopped_pages_api_down_and_inhibits_its_latency_alert(stack: Stack,
         am.post([latency | {"endsAt": ended}, control | {"endsAt": ended}])
         stack.compose("start", "api")
         wait_healthy(stack, services=["api", "nginx"], timeout=120)
+        wait_http(f"{base_url}/health", timeout=60, domain=stack.env.get("DOMAIN"))  # nginx follows it
 
 
 def test_deploy_with_silence_suppresses_alerts_during_the_deploy_only(stack: Stack,
