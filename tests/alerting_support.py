@@ -78,11 +78,13 @@ class Receiver:
                 and any(a["labels"].get("alertname") == alertname for a in n["body"].get("alerts", []))
                 and (status is None or n["body"].get("status") == status)]
 
-    def wait(self, found: Callable[[], list[dict[str, Any]]], *, timeout: float, what: str) -> dict[str, Any]:
+    def wait(self, found: Callable[[], list[dict[str, Any]]], *, timeout: float, what: str,
+             context: Callable[[], str] | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while not (got := found()):
             if time.monotonic() > deadline:
-                pytest.fail(f"{what}: nothing received within {timeout:.0f} s")
+                pytest.fail(f"{what}: nothing received within {timeout:.0f} s"
+                            + (f" ({context()})" if context else ""))
             time.sleep(1)
         return got[0]
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,11 +56,10 @@ def receiver(stack: Stack) -> Receiver:
 # -- a throwaway Alertmanager whose receivers fail -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def failing_alertmanager(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def failing_alertmanager(stack: Stack, directory: Path) -> Iterator[str]:
     """A project with only the stack's own alertmanager service (as `docker compose config`
     resolves it), whose paging webhook answers 500 and whose ticket webhook refuses connections."""
-    directory = tmp_path_factory.mktemp("alerttest")
     resolved = subprocess.run(["docker", "compose", "-f", f"{stack.project_dir}/compose.yaml", "--env-file",
                                f"{stack.project_dir}/.env", "config", "--format", "json"],
                               capture_output=True, text=True, check=True, timeout=60)
@@ -77,12 +77,19 @@ def failing_alertmanager(stack: Stack, tmp_path_factory: pytest.TempPathFactory)
     envfile.write(directory / ".env", env)
     compose = ["docker", "compose", "-f", str(directory / "compose.yaml"),
                "--env-file", str(directory / ".env"), "-p", SCRATCH_PROJECT]
-    subprocess.run([*compose, "up", "-d", "--wait"], capture_output=True, text=True, check=True, timeout=120)
-    failing = Receiver.start(f"{SCRATCH_PROJECT}_default", name=f"{SCRATCH_PROJECT}-receiver")
+    failing: Receiver | None = None
     try:
+        subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, check=True, timeout=120)
+        failing = Receiver.start(f"{SCRATCH_PROJECT}_default", name=f"{SCRATCH_PROJECT}-receiver")
+        am = Alertmanager.of(Stack(stack.target, str(directory)))
+        deadline = time.monotonic() + 30
+        while am.container.exec_run(["curl", "-fs", "http://127.0.0.1:9093/-/ready"]).exit_code != 0:
+            assert time.monotonic() < deadline, "the throwaway Alertmanager did not get ready"
+            time.sleep(0.3)
         yield str(directory)
     finally:
-        failing.remove()
+        if failing is not None:
+            failing.remove()
         subprocess.run([*compose, "down", "--volumes"], capture_output=True, check=False, timeout=120)
 
 
@@ -113,20 +120,31 @@ def alert_test_fails_naming_the_receiver(project_dir: str) -> None:
     assert env["ALERT_WEBHOOK_URL"] not in refused.stdout + refused.stderr  # a webhook URL is a secret
 
 
+def diagnose(stack: Stack, receiver: Receiver) -> str:
+    """What the receiver got and what Alertmanager said about it, for a failure message."""
+    got = [(n["path"], n["body"].get("status") if isinstance(n["body"], dict) else None)
+           for n in receiver.received()]
+    lines = Alertmanager.of(stack).container.logs(tail=400).decode(errors="replace").splitlines()
+    interesting = [line for line in lines
+                   if any(word in line for word in ("heartbeat", "Watchdog", "level=warn", "level=error"))]
+    return f"received {got[-20:]}; alertmanager: " + envfile.redact("\n".join(interesting[-15:]), stack.env)
+
+
 # -- the tests -------------------------------------------------------------------------------------------
 
 
 def test_redis_stopped_pages_within_two_minutes_and_its_return_resolves(
-        stack: Stack, receiver: Receiver, failing_alertmanager: str) -> None:
-    heartbeat = receiver.wait(lambda: receiver.notifications("/heartbeat", "Watchdog"), timeout=30,
-                              what="the Watchdog's heartbeat")
-    assert heartbeat["body"]["receiver"] == "heartbeat"
+        stack: Stack, receiver: Receiver, tmp_path: Path) -> None:
     stopped = time.time()
     stack.compose("stop", "redis")
     try:
         # RedisUnreachable's minute: the other deliveries are checked meanwhile.
+        heartbeat = receiver.wait(lambda: receiver.notifications("/heartbeat", "Watchdog"), timeout=30,
+                                  what="the Watchdog's heartbeat", context=lambda: diagnose(stack, receiver))
+        assert heartbeat["body"]["receiver"] == "heartbeat"
         alert_test_succeeds(stack, receiver)
-        alert_test_fails_naming_the_receiver(failing_alertmanager)
+        with failing_alertmanager(stack, tmp_path) as project_dir:
+            alert_test_fails_naming_the_receiver(project_dir)
         fired = receiver.wait(lambda: receiver.notifications("/page", "RedisUnreachable", since=stopped,
                                                              status="firing"),
                               timeout=150, what="RedisUnreachable (firing) on the paging webhook")
