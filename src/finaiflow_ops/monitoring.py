@@ -442,14 +442,16 @@ def alerting_check(stack: Stack, prom: Prometheus) -> tuple[Status, str]:
         return "fail", "Alertmanager has no configuration loaded"
     if not prom.api("alertmanagers")["activeAlertmanagers"]:
         return "fail", "Prometheus sends to no Alertmanager (see `alerting:` in prometheus.yml)"
-    # Prometheus evaluates the Watchdog every 10 s and sends it at once: a fresh stack has it
-    # within a few seconds.
+    # Prometheus evaluates the Watchdog every 10 s and sends it at once, and scrapes Alertmanager
+    # every 10 s: a fresh stack has both within a few seconds (bounded wait).
+    failed_query = 'sum(increase(alertmanager_notifications_failed_total{job="alertmanager"}[1h]))'
     for _attempt in polling.attempts(within=SETTLE_SECONDS, every=2):
-        if any(a.name == "Watchdog" for a in am.alerts()):
+        watchdog = any(a.name == "Watchdog" for a in am.alerts())
+        failed = prom.value(failed_query)
+        if watchdog and failed is not None:
             break
-    else:
+    if not watchdog:
         return "fail", "Alertmanager holds no Watchdog alert: Prometheus' alerts do not reach it"
-    failed = prom.value('sum(increase(alertmanager_notifications_failed_total{job="alertmanager"}[1h]))')
     if failed is None:
         return "fail", "no notification counters from Alertmanager: is it scraped (job alertmanager)?"
     if failed > 0:
