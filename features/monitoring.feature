@@ -2,8 +2,8 @@
 Feature: Monitoring active
   The runbook asks for Prometheus and Grafana with alert rules "to configure". Here monitoring is
   active only if Prometheus really scrapes every part of the stack, has loaded the alert rules an
-  operator needs and evaluates them, no critical alert is firing, and the metrics the dashboards
-  and alerts are built on are fresh.
+  operator needs and evaluates them, no critical alert is firing, the metrics the dashboards
+  and alerts are built on are fresh, and the alerts reach Alertmanager, which delivers them.
 
   Background:
     Given the staging target
@@ -16,6 +16,9 @@ Feature: Monitoring active
 
   Scenario: No critical alert is firing
     Then no critical alert is firing
+
+  Scenario: Alerts reach Alertmanager and its notifications are delivered
+    Then Alertmanager has its configuration, Prometheus sends to it, no notification failed in 1 h
 
   Scenario Outline: The metrics behind the dashboards and alerts are exposed and fresh
     Then Prometheus scraped "<series>" from <source> within the last minute

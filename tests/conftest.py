@@ -28,6 +28,7 @@ import pytest
 from finaiflow_ops import envfile, staging
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
+from tests.alerting_support import SESSION_RECEIVER, Receiver, receiver_settings
 
 REPO = Path(__file__).resolve().parent.parent
 REPO_STACK = REPO / "stack"
@@ -48,7 +49,7 @@ RUN_GROUPS = {
                   "test_swarm.py", "test_swarm_multinode.py"),
 }
 # Integration tests that need the engine and the images but no stack: anywhere, as the unit tests.
-ANYWHERE = ("test_monitoring_rules.py",)
+ANYWHERE = ("test_monitoring_rules.py", "test_alerting_config.py")
 
 
 def run_group(nodeid: str) -> str | None:
@@ -95,10 +96,11 @@ def target(request: pytest.FixtureRequest) -> Target:
 
 
 def ensure_local_env(project_dir: Path) -> None:
-    """A local staging .env, generated once; a rate limit high enough for load from one address."""
+    """A local staging .env, generated once; a rate limit high enough for load from one address;
+    alerts sent to the session's receiver (tests/alerting_support.py)."""
     path = project_dir / ".env"
     if not path.exists():
-        envfile.write(path, envfile.generate(rate_limit_rps=LOCAL_RATE_LIMIT))
+        envfile.write(path, envfile.generate(rate_limit_rps=LOCAL_RATE_LIMIT) | receiver_settings())
 
 
 def running_from(target: Target, project: str) -> set[str]:
@@ -145,17 +147,33 @@ def stack(request: pytest.FixtureRequest, target: Target,
     # Only a stack that does not exist is started (and removed afterwards). One that exists is
     # tested as it is, never repaired: a checklist that fixes what it checks proves nothing.
     started = not st.containers()
+    receiver: Receiver | None = None
     if started:
         if not target.is_local:
             pytest.fail(f"no stack on {target}; bring it up first (finaiflow-ops stack up)")
+        receiver = start_receiver(target, st.project)
         st.up(timeout=300)
         prepared = staging.prepare(st)  # what `stack up --staging` does, as nox -s acceptance runs it
     yield st
     if started:
         staging.undo(st, prepared)
+        if receiver is not None:
+            receiver.remove()
         Stack(target, project_dir).down(volumes=True)
         if copy is not None:  # its .env (secrets), backups and state files go with it
             shutil.rmtree(copy)
+
+
+def start_receiver(target: Target, project: str) -> Receiver:
+    """The session's alert receiver, on the stack's network before the stack starts: Alertmanager's
+    first heartbeat must not fail (a failed notification fails `check` for an hour). The network is
+    made as compose makes it (its labels), so that compose takes it as its own, and removes it."""
+    name = f"{project}_default"
+    client = target.docker()
+    if not client.networks.list(names=[name]):
+        client.networks.create(name, driver="bridge", labels={"com.docker.compose.network": "default",
+                                                              "com.docker.compose.project": project})
+    return Receiver.start(name, name=SESSION_RECEIVER)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ IMAGES = (
     "finaiflow/redis:7",
     "finaiflow/prometheus:local",
     "finaiflow/ops-exporter:local",
+    "finaiflow/alertmanager:local",
 )
 NODE_OPTIONS = (
     "--cap-add",

@@ -47,6 +47,15 @@ POSTGRES_USER = "finaiflow_user"
 POSTGRES_DB = "finaiflow_db"
 COMPOSE_PROJECT_NAME = "finaiflow"
 
+# Alertmanager's settings (stack/alertmanager/render.py reads them; docs/monitoring.md).
+ALERT_URL_KEYS = ("ALERT_WEBHOOK_URL", "ALERT_WARNING_WEBHOOK_URL", "ALERT_HEARTBEAT_URL")
+ALERT_SMTP_KEYS = ("ALERT_SMTP_HOST", "ALERT_SMTP_FROM", "ALERT_SMTP_TO", "ALERT_SMTP_USERNAME",
+                   "ALERT_SMTP_PASSWORD")
+ALERT_INTERVAL_KEYS = ("ALERT_GROUP_WAIT", "ALERT_GROUP_INTERVAL", "ALERT_REPEAT_INTERVAL",
+                       "ALERT_HEARTBEAT_INTERVAL")
+ALERT_KEYS = ALERT_URL_KEYS + ALERT_SMTP_KEYS + ALERT_INTERVAL_KEYS
+_DURATION_RE = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")  # Alertmanager's (Prometheus') durations
+
 SECRET_KEY_MIN_LEN = 32
 SECRET_KEY_MIN_BITS = 128.0
 PASSWORD_MIN_LEN = 16
@@ -63,6 +72,7 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("domain", ("DOMAIN", "ALLOWED_HOSTS", "CORS_ORIGINS")),
     ("stack", ("NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST",
                "PROMETHEUS_PORT", "API_IMAGE", "COMPOSE_PROJECT_NAME")),
+    ("alerting", ALERT_KEYS),
 )
 
 _HEADER = (
@@ -99,7 +109,8 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
 _PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")  # what compose accepts as a project name
 _DQ_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
-_SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY", re.IGNORECASE)
+# Alert webhook URLs carry their token in the path (chat services' incoming webhooks, healthchecks).
+_SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|^ALERT_\w*_URL$", re.IGNORECASE)
 _URL_NAME_RE = re.compile(r"_(?:URL|URI|DSN)$", re.IGNORECASE)
 # Fallback for URLs urlsplit rejects: the password between "user:" and "@".
 _URL_PASSWORD_RE = re.compile(r"://[^/@:]*:([^@]*)@")
@@ -501,7 +512,41 @@ def check(env: EnvFile) -> list[Finding]:
     for key in ("HTTP_PORT", "HTTPS_PORT"):
         if key in values and not _is_port(values[key]):
             add(key, ["is not a port number (1-65535)"])
+    for key, problem in _alerting_problems(values):
+        add(key, [problem])
     return findings
+
+
+def _alerting_problems(values: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Alertmanager's receivers and intervals. Unset is fine (no receiver: `check` warns that
+    nobody is paged); a value that is set must work, or Alertmanager refuses to start."""
+    problems: list[tuple[str, str]] = []
+    for key in ALERT_URL_KEYS:
+        url = values.get(key, "")
+        if url:
+            parts = _split_url(url)
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                problems.append((key, "is not an http(s) URL with a host"))
+    if values.get("ALERT_WARNING_WEBHOOK_URL") and not values.get("ALERT_WEBHOOK_URL"):
+        problems.append(("ALERT_WEBHOOK_URL", "missing while ALERT_WARNING_WEBHOOK_URL is set: "
+                                              "critical alerts would page nobody"))
+    smtp = {key: values.get(key, "") for key in ALERT_SMTP_KEYS}
+    if smtp["ALERT_SMTP_HOST"]:
+        host, _, port = smtp["ALERT_SMTP_HOST"].rpartition(":")
+        if not host or not _is_port(port):
+            problems.append(("ALERT_SMTP_HOST", "must be host:port (e.g. smtp.example.com:587)"))
+        for key in ("ALERT_SMTP_FROM", "ALERT_SMTP_TO"):
+            if "@" not in smtp[key]:
+                problems.append((key, "missing or not an e-mail address (ALERT_SMTP_HOST is set)"))
+        if smtp["ALERT_SMTP_USERNAME"] and not smtp["ALERT_SMTP_PASSWORD"]:
+            problems.append(("ALERT_SMTP_PASSWORD", "missing while ALERT_SMTP_USERNAME is set"))
+    elif any(smtp.values()):
+        given = ", ".join(k for k, v in smtp.items() if v)
+        problems.append(("ALERT_SMTP_HOST", f"missing while {given} is set: no e-mail would be sent"))
+    for key in ALERT_INTERVAL_KEYS:
+        if key in values and not _DURATION_RE.fullmatch(values[key]):
+            problems.append((key, "is not a duration such as 30s, 5m or 4h"))
+    return problems
 
 
 def _required(values: Mapping[str, str], key: str, rules: _Rules) -> list[str]:

@@ -35,6 +35,7 @@ __all__ = [
     "Prometheus",
     "Sample",
     "ScrapeTarget",
+    "alerting_check",
     "check",
     "status",
 ]
@@ -328,6 +329,7 @@ def check(
         ("targets", lambda: _targets(monitoring())),
         ("rules", lambda: _rules(monitoring())),
         ("alerts", lambda: _alerts(monitoring())),
+        ("alerting", lambda: alerting_check(stack, prometheus())),
         ("backup", lambda: _backup(prometheus(), backup_max_age_hours)),
         ("certificate", lambda: _certificate(stack, base(), cert_min_days)),
     ]
@@ -428,6 +430,42 @@ def _alerts(mon: MonitoringStatus) -> tuple[Status, str]:
         return "warn", f"{'warning firing' if warning else 'critical pending'}: {names(shown)}"
     note = f" ({len(pending)} pending: {', '.join(sorted({a.name for a in pending}))})" if pending else ""
     return "ok", "no alert firing" + note
+
+
+def alerting_check(stack: Stack, prom: Prometheus) -> tuple[Status, str]:
+    """Alertmanager up with its configuration, Prometheus sending to it, no failed notification in
+    the last hour; a warning when nobody would be paged or no heartbeat is sent."""
+    from finaiflow_ops import alerting
+
+    am = alerting.Alertmanager.of(stack)
+    if not am.status().get("config", {}).get("original"):
+        return "fail", "Alertmanager has no configuration loaded"
+    if not prom.api("alertmanagers")["activeAlertmanagers"]:
+        return "fail", "Prometheus sends to no Alertmanager (see `alerting:` in prometheus.yml)"
+    # Prometheus evaluates the Watchdog every 10 s and sends it at once, and scrapes Alertmanager
+    # every 10 s: a fresh stack has both within a few seconds (bounded wait).
+    failed_query = 'sum(increase(alertmanager_notifications_failed_total{job="alertmanager"}[1h]))'
+    for _attempt in polling.attempts(within=SETTLE_SECONDS, every=2):
+        watchdog = any(a.name == "Watchdog" for a in am.alerts())
+        failed = prom.value(failed_query)
+        if watchdog and failed is not None:
+            break
+    if not watchdog:
+        return "fail", "Alertmanager holds no Watchdog alert: Prometheus' alerts do not reach it"
+    if failed is None:
+        return "fail", "no notification counters from Alertmanager: is it scraped (job alertmanager)?"
+    if failed > 0:
+        return "fail", (f"{failed:.0f} notification(s) failed in the last hour "
+                        "(see `finaiflow-ops logs alertmanager --since 1h`, `finaiflow-ops alert test`)")
+    configured = alerting.receivers(stack.env)
+    shown = ", ".join(f"{r} ({'+'.join(i) or 'nothing'})" for r, i in configured.items())
+    detail = f"Alertmanager holds Prometheus' alerts, no failed notification in 1 h; receivers: {shown}"
+    unset = [what for what, receiver in (("ALERT_WEBHOOK_URL: nobody is paged", "paging"),
+                                         ("ALERT_HEARTBEAT_URL: no dead man's switch", "heartbeat"))
+             if not configured[receiver]]
+    if unset:
+        return "warn", f"{detail}; not set: {'; '.join(unset)}"
+    return "ok", detail
 
 
 def _backup(prom: Prometheus, max_age_hours: float) -> tuple[Status, str]:

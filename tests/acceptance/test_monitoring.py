@@ -42,6 +42,12 @@ def no_critical_alert(staging: Staging, prometheus_view: MonitoringStatus) -> No
     assert not firing, f"{staging.name}: critical alerts firing: {'; '.join(firing)}"
 
 
+@then("Alertmanager has its configuration, Prometheus sends to it, no notification failed in 1 h")
+def alerts_delivered(staging: Staging) -> None:
+    status, detail = monitoring.alerting_check(staging.stack, Prometheus.of(staging.stack))
+    assert status != "fail", f"{staging.name}: alerting: {detail}"
+
+
 @then(parsers.parse('Prometheus scraped "{series}" from {source} within the last minute'))
 def series_fresh(staging: Staging, series: str, source: str) -> None:
     selector = f'{series}{{job="{JOBS[source]}"}}'

@@ -119,7 +119,7 @@ def some_traffic(base_url: str) -> None:
 def test_prometheus_scrapes_api_ops_exporter_nginx_and_itself_all_up(stack: Stack) -> None:
     prom = Prometheus.of(stack)
     targets = prom.wait_scraped(timeout=30)
-    assert {t.job for t in targets} == {"api", "ops", "prometheus", "nginx"}
+    assert {t.job for t in targets} == {"api", "ops", "prometheus", "nginx", "alertmanager"}
     down = [f"{t.job} {t.instance}: {t.health} {t.last_error}" for t in targets if not t.up]
     assert not down, down
     # nginx's target is its upstream watcher's counters: running, and checking every 2 s.
@@ -225,8 +225,8 @@ def test_check_passes_on_the_healthy_stack_with_a_fresh_backup(stack: Stack, bas
                                                                fresh_backup: None) -> None:
     result = ops(stack, "--json", "check", "--url", base_url)
     items = check_items(result)
-    assert list(items) == ["services", "health", "metrics", "targets", "rules", "alerts", "backup",
-                           "certificate"]
+    assert list(items) == ["services", "health", "metrics", "targets", "rules", "alerts", "alerting",
+                           "backup", "certificate"]
     failing = {name: i["detail"] for name, i in items.items() if i["status"] == "fail"}
     assert result.returncode == 0 and not failing, failing
 

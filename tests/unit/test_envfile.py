@@ -788,6 +788,21 @@ CHECK_CASES: list[tuple[str, dict[str, str | None], str, str]] = [
     ("bind-invalid", {"NGINX_BIND": "localhost"}, "NGINX_BIND", "not an IP address"),
     ("port-invalid", {"HTTPS_PORT": "44x"}, "HTTPS_PORT", "not a port number"),
     ("port-range", {"HTTP_PORT": "0"}, "HTTP_PORT", "not a port number"),
+    ("alert-webhook-ftp", {"ALERT_WEBHOOK_URL": "ftp://hooks.example.org/T0K3N"}, "ALERT_WEBHOOK_URL",
+     "not an http(s) URL"),
+    ("alert-heartbeat-no-host", {"ALERT_HEARTBEAT_URL": "https:///ping/abc"}, "ALERT_HEARTBEAT_URL",
+     "not an http(s) URL"),
+    ("alert-warning-alone", {"ALERT_WARNING_WEBHOOK_URL": "https://hooks.example.org/w"}, "ALERT_WEBHOOK_URL",
+     "page nobody"),
+    ("smtp-no-host", {"ALERT_SMTP_TO": "ops@example.org"}, "ALERT_SMTP_HOST", "missing while ALERT_SMTP_TO"),
+    ("smtp-no-port", {"ALERT_SMTP_HOST": "smtp.example.org", "ALERT_SMTP_FROM": "am@example.org",
+                      "ALERT_SMTP_TO": "ops@example.org"}, "ALERT_SMTP_HOST", "host:port"),
+    ("smtp-no-to", {"ALERT_SMTP_HOST": "smtp.example.org:587", "ALERT_SMTP_FROM": "am@example.org"},
+     "ALERT_SMTP_TO", "not an e-mail address"),
+    ("smtp-user-no-password", {"ALERT_SMTP_HOST": "smtp.example.org:587", "ALERT_SMTP_FROM": "a@example.org",
+                               "ALERT_SMTP_TO": "o@example.org", "ALERT_SMTP_USERNAME": "am"},
+     "ALERT_SMTP_PASSWORD", "missing"),
+    ("alert-interval", {"ALERT_GROUP_WAIT": "soon"}, "ALERT_GROUP_WAIT", "not a duration"),
 ]
 
 
@@ -925,3 +940,22 @@ def test_redact_url_that_urlsplit_rejects() -> None:
 def test_generate_rejects_bad_project_name_and_prometheus_port(option: str, value: object) -> None:
     with pytest.raises(UsageError):
         generate(**{option: value})  # type: ignore[arg-type]
+
+
+def test_check_accepts_complete_alerting_settings() -> None:
+    values = good_values() | {
+        "ALERT_WEBHOOK_URL": "https://hooks.example.org/services/T0/B0/x1y2z3",
+        "ALERT_WARNING_WEBHOOK_URL": "http://tickets.internal:8080/hook",
+        "ALERT_HEARTBEAT_URL": "https://hc-ping.example.org/5f2c",
+        "ALERT_SMTP_HOST": "smtp.example.org:587", "ALERT_SMTP_FROM": "alertmanager@example.org",
+        "ALERT_SMTP_TO": "ops@example.org", "ALERT_SMTP_USERNAME": "am",
+        "ALERT_SMTP_PASSWORD": "pw-Xk4mQ9vT2pLw",
+        "ALERT_GROUP_WAIT": "5s", "ALERT_GROUP_INTERVAL": "1m30s", "ALERT_REPEAT_INTERVAL": "4h",
+    }
+    assert check(env_of(values)) == []
+
+
+def test_alert_webhook_urls_are_secrets_and_redacted() -> None:
+    # A chat service's incoming webhook carries its token in the path, not as a password.
+    url = "https://hooks.example.org/services/T0/B0/x1y2z3"
+    assert redact(f"posting to {url} failed", {"ALERT_WEBHOOK_URL": url}) == "posting to *** failed"

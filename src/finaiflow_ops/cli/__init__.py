@@ -11,7 +11,7 @@ import sys
 import click
 from click.core import ParameterSource
 
-from finaiflow_ops.cli import backup, deploy, env, harden, host, monitor, stack, tls
+from finaiflow_ops.cli import alert, backup, deploy, env, harden, host, monitor, stack, tls
 from finaiflow_ops.cli.options import Options, accept_global_options, global_options, last_step
 from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable
 from finaiflow_ops.output import err
@@ -69,7 +69,7 @@ def cli(ctx: click.Context, target_url: str, project_dir: str, env_file: str | N
 # One module per command group; each registers its groups here.
 for _group in (stack.stack, env.env, tls.tls_group, deploy.deploy, deploy.rollback, deploy.releases,
                deploy.lock, deploy.standby, monitor.check, monitor.logs, harden.harden, backup.backup,
-               backup.restore, host.host_group, host.image_group):
+               backup.restore, host.host_group, host.image_group, alert.alert_group):
     cli.add_command(_group)
 
 

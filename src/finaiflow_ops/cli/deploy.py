@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import click
 from rich.table import Table
 
+from finaiflow_ops import alerting, rollout
 from finaiflow_ops import releases as history
-from finaiflow_ops import rollout
 from finaiflow_ops import standby as standbys
 from finaiflow_ops.backends.compose.rollout import DRAIN_TIMEOUT, HEALTH_TIMEOUT
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress
@@ -49,10 +50,13 @@ def _with_timeouts(command: click.decorators.FC) -> click.decorators.FC:
               help="How long the previous release stays running out of nginx's upstream, for a rollback "
                    "in a second (15m, 900s; 0: off) [compose: 15m, when the host's memory holds both "
                    "releases; refused on swarm].")
+@click.option("--silence", "silence", is_flag=True,
+              help="Silence every alert but the Watchdog in Alertmanager during the deploy (ended after "
+                   f"it; at most {alerting.DEPLOY_SILENCE_MINUTES:.0f} min if the deploy is killed).")
 @_with_timeouts
 @pass_options
 def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: int | None, no_backup: bool,
-           standby: str | None, health_timeout: float | None, drain_timeout: float | None,
+           standby: str | None, silence: bool, health_timeout: float | None, drain_timeout: float | None,
            no_migrate: bool) -> None:
     """Rolling update of SERVICE to IMAGE, health-gated (compose: new containers beside the old, nginx
     switched, drained; swarm: the engine's rolling update, then /health through nginx)."""
@@ -64,9 +68,15 @@ def deploy(opts: Options, service: str, image: str, show_plan: bool, replicas: i
         emit(opts, steps,
              functools.partial(_print_plan, service=service, image=image, target=str(opts.target)))
         return
-    emit(opts, rollout.deploy(opts.stack, service, image, replicas=replicas, backup=not no_backup,
-                              migrate=not no_migrate, health_timeout=health_timeout,
-                              drain_timeout=drain_timeout, standby=window, progress=progress), _print_result)
+    silencing = alerting.silenced(opts.stack, comment=f"finaiflow-ops deploy {service} {image}") \
+        if silence else nullcontext()
+    with silencing as made:
+        if made is not None:
+            progress(f"alerts silenced during the deploy (silence {made.id})")
+        result = rollout.deploy(opts.stack, service, image, replicas=replicas, backup=not no_backup,
+                                migrate=not no_migrate, health_timeout=health_timeout,
+                                drain_timeout=drain_timeout, standby=window, progress=progress)
+    emit(opts, result, _print_result)
 
 
 def _print_plan(steps: rollout.Plan, *, service: str, image: str, target: str) -> None:
