@@ -295,7 +295,9 @@ class _Rollout:
         self.previous = releases.record(self.stack, replace(observed, revision=head, revisions=known))
 
     def _revisions(self, image: str) -> tuple[str, tuple[str, ...]]:
-        return self.service_rollout.revisions(image) if self.settings.migrate else ("", ())
+        # Read with or without --no-migrate: a release recorded without them could later be rolled
+        # back to across a migration it does not know, unchecked.
+        return self.service_rollout.revisions(image)
 
     def backup(self) -> Step:
         return Step(

@@ -136,8 +136,7 @@ def test_rolling_back_across_a_migration_the_older_release_does_not_know_needs_y
     swarm: Swarm, base_url: str
 ) -> None:
     # The module's first deploy: it records the release running since `stack up` with the Alembic
-    # revisions it knows, which the rollback then checks (a --no-migrate deploy, as the next test's,
-    # records it without them, and a rollback to such a release is not checked).
+    # revisions it knows, which the rollback then checks.
     directory = Path(swarm.stack.project_dir)
     newer = "finaiflow/api:1.2.0-swarm"
     lines = ["ENV RELEASE=1.2.0-swarm", "LABEL org.opencontainers.image.version=1.2.0-swarm"]
