@@ -1,19 +1,21 @@
-"""`finaiflow-ops backup create|verify|list|prune|schedule` and `restore FILE|undo|drill`."""
+"""`finaiflow-ops backup create|verify|list|prune|schedule|physical|archive` and
+`restore FILE|undo|drill`, `restore --to-time T|--latest`."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 import click
 from rich.table import Table
 
-from finaiflow_ops import relay
+from finaiflow_ops import pitr, relay
 from finaiflow_ops import restore as restoring
-from finaiflow_ops.backup import archive, encryption, offsite, retention, schedule
+from finaiflow_ops.backup import archive, encryption, offsite, pgbackrest, retention, schedule
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.encryption import Identity
 from finaiflow_ops.backup.inventory import BackupList, list_backups
@@ -270,6 +272,52 @@ def _print_schedule(result: schedule.ScheduleStatus, *, show: bool) -> None:
         out.print(result.entry, markup=False)
 
 
+@backup.command("physical")
+@click.option("--type", "kind", type=click.Choice(["auto", "full", "diff", "incr"]), default="auto",
+              show_default=True, help=f"auto: full when the newest full is {pgbackrest.FULL_EVERY_DAYS} days "
+              "old or there is none, else differential.")
+@click.option("--retention-full", type=click.IntRange(1), default=None,
+              help="Full backups to keep (default: the image's PGBACKREST_REPO1_RETENTION_FULL, 2); older "
+                   "ones go with the WAL only they needed.")
+@pass_options
+def backup_physical(opts: Options, kind: pgbackrest.BackupKind, retention_full: int | None) -> None:
+    """A pgBackRest backup of the database cluster into its repository, then pgBackRest's expire."""
+    if opts.target.kind == "ssh":
+        _on_host(opts)
+    made = pgbackrest.Repository(opts.stack).backup(kind, retention_full=retention_full)
+    emit(opts, made, _print_physical)
+
+
+def _print_physical(made: pgbackrest.PhysicalBackup) -> None:
+    out.print(f"pgBackRest {made.type} backup {made.label}: {_mb(made.size)} in the repository, taken in "
+              f"{made.stopped - made.started:.0f} s; WAL from {made.wal_start}")
+
+
+@backup.command("archive")
+@pass_options
+def backup_archive(opts: Options) -> None:
+    """The WAL archive and physical backups: what a point-in-time restore can reach."""
+    if opts.target.kind == "ssh":
+        _on_host(opts)
+    emit(opts, pgbackrest.Repository(opts.stack).info(), _print_archive)
+
+
+def _print_archive(info: pgbackrest.RepoInfo) -> None:
+    table = Table(title=f"pgBackRest repository (stanza {pgbackrest.STANZA}: {info.status})",
+                  title_justify="left")
+    for column in ("backup", "type", "finished", "size", "WAL from"):
+        table.add_column(column)
+    for b in info.backups:
+        table.add_row(b.label, b.type, pgbackrest.iso(b.stopped), _mb(b.size), b.wal_start)
+    out.print(table)
+    newest = info.newest_archived
+    out.print(f"{len(info.wal)} WAL segments archived, the newest at "
+              f"{pgbackrest.iso(newest) if newest else '-'}")
+    reach = info.reachable()
+    out.print(f"a restore can reach: {pgbackrest.iso(reach[0])} to {pgbackrest.iso(reach[1])}" if reach
+              else "a restore can reach: nothing yet (no physical backup: finaiflow-ops backup physical)")
+
+
 # -- restore --------------------------------------------------------------------------------------------
 
 class _RestoreGroup(click.Group):
@@ -283,14 +331,59 @@ class _RestoreGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
-@click.group(cls=_RestoreGroup)
-def restore() -> None:
-    """Restore a backup: `restore FILE`, `restore undo`, `restore drill [FILE]`.
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (2026-12-01T14:59:00Z)") from None
+    if when.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no time zone: add Z (UTC) or an offset (+01:00)")
+    return when.astimezone(UTC)
+
+
+@click.group(cls=_RestoreGroup, invoke_without_command=True)
+@click.option("--to-time", "to_time", default=None, callback=_instant, metavar="ISO8601",
+              help="Bring the database cluster back to this instant (point-in-time recovery).")
+@click.option("--latest", is_flag=True, help="Bring it back to the last archived transaction (after the "
+              "database volume is lost).")
+@pass_options
+@click.pass_context
+def restore(ctx: click.Context, opts: Options, to_time: datetime | None, latest: bool) -> None:
+    """Restore a backup: `restore FILE`, `restore undo`, `restore drill [FILE]`, or the whole cluster
+    to a point in time: `restore --to-time T` or `restore --latest`.
 
     `restore FILE` restores into a new database while the app keeps serving, checks it against the
     manifest, takes a safety backup, then swaps names in a short window; the replaced database is
-    kept for `restore undo`.
+    kept for `restore undo`. `--to-time`/`--latest` stop the database, keep a copy of its volume,
+    restore from the pgBackRest repository and replay the archived WAL (downtime: it says how long).
     """
+    if ctx.invoked_subcommand is not None:
+        if to_time or latest:
+            raise click.UsageError("--to-time and --latest restore the whole cluster: no FILE or subcommand")
+        return
+    if bool(to_time) == latest:
+        raise click.UsageError("give FILE, or one of --to-time T and --latest (see --help)")
+    if opts.target.kind == "ssh":
+        _on_host(opts, asks="bring the database cluster back to "
+                 f"{'the last archived transaction' if latest else to_time}?")
+    what = "the last archived transaction" if latest else f"{to_time:%Y-%m-%dT%H:%M:%SZ}"
+    opts.confirm(f"stop the database of {opts.stack.project} on {opts.target} and bring it back to {what}? "
+                 "(a copy of its volume is kept)")
+    emit(opts, pitr.restore_to(opts.stack, to_time, progress=progress), _print_pitr)
+
+
+def _print_pitr(result: pitr.PitrResult) -> None:
+    out.print(f"database restored to {result.target} from pgBackRest backup {result.backup}"
+              f"{' (an interrupted restore, finished)' if result.resumed else ''}: the last transaction it "
+              f"holds was committed at {result.last_transaction or 'an unknown time'}; {result.rows} rows in "
+              f"{len(result.tables)} tables")
+    out.print(f"downtime {result.downtime_seconds:.1f} s (restore and WAL replay "
+              f"{result.restore_seconds:.1f} s); "
+              f"api cache emptied ({result.cache_keys_flushed} keys); "
+              + (f"the data it replaced is kept in the volume {result.safety_copy}" if result.safety_copy
+                 else "there was no data volume to keep"))
 
 
 @restore.command("file", hidden=True)

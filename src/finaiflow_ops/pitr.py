@@ -1,0 +1,276 @@
+"""Point-in-time recovery: the database cluster brought back to an instant, or to the last archived
+transaction, from the pgBackRest repository (finaiflow_ops.backup.pgbackrest).
+
+restore --to-time T | --latest:
+  1. the repository is read (a one-off container when the database is down or its volume lost):
+     T must lie between the oldest backup's end and the newest archived WAL segment, and every
+     segment from the base backup on must be there and sound (pgBackRest verify); otherwise the
+     restore is refused, naming the reachable range or the gap, and nothing is changed;
+  2. the database is stopped (downtime starts) and its volume copied into a new volume
+     PROJECT_pg_data_before_STAMP (the safety copy; skipped when the volume is gone);
+  3. a mark in the repository stops the image from starting a half-restored directory, then
+     `pgbackrest restore --delta` writes the base backup and the recovery settings;
+  4. postgres starts, replays the archived WAL to T (PostgreSQL refuses to open if it cannot reach
+     T: never silently partial), and is promoted to a new timeline;
+  5. every table is counted, the api cache emptied and the api must be healthy (restore.serve_again);
+     the downtime is measured from the stop to the healthy api.
+A run killed at any point leaves a state file beside the releases (PROJECT_DIR/.finaiflow/); the next
+restore resumes it, keeping the first safety copy, and names what to do otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from finaiflow_ops import health, polling
+from finaiflow_ops.backup.database import Database
+from finaiflow_ops.backup.errors import RestoreFailed
+from finaiflow_ops.backup.pgbackrest import (
+    STANZA,
+    ArchiveGap,
+    PhysicalBackup,
+    Repository,
+    iso,
+    missing_segments,
+)
+from finaiflow_ops.errors import OpsError, UsageError
+from finaiflow_ops.progress import Progress, or_quiet
+from finaiflow_ops.restore import serve_again
+
+if TYPE_CHECKING:
+    from finaiflow_ops.stack import Stack
+
+__all__ = ["PitrResult", "pending", "restore_to"]
+
+SERVICE = "postgres"
+STATE_FILE = "pitr-restore.json"
+MARK = "/var/lib/pgbackrest/restore-in-progress"  # in the repository volume: see the image's entrypoint
+_LAST_TX_RE = re.compile(r"last completed transaction was at log time ([0-9: .+-]+)")
+_RECOVERY_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class PitrResult:
+    """The database cluster restored to `target` (an instant, or "latest")."""
+
+    target: str
+    backup: str  # the pgBackRest backup it started from
+    safety_copy: str  # the volume holding the data it replaced ("" when the volume was gone)
+    last_transaction: str  # when the newest transaction it holds was committed (from the recovery)
+    tables: Mapping[str, int]
+    restore_seconds: float  # pgBackRest's restore and the replay of WAL
+    downtime_seconds: float  # from stopping the database to a healthy api
+    resumed: bool  # it finished a restore that had been interrupted
+    cache_keys_flushed: int
+
+    @property
+    def rows(self) -> int:
+        return sum(self.tables.values())
+
+
+# -- the state of a restore under way ---------------------------------------------------------------
+
+def pending(stack: Stack) -> dict[str, Any] | None:
+    """The state file of a restore that did not finish, or None."""
+    path = stack.state_path(STATE_FILE)
+    if not stack.target.exists(path):
+        return None
+    loaded: dict[str, Any] = json.loads(stack.target.read_text(path))
+    return loaded
+
+
+def _save(stack: Stack, state: Mapping[str, Any]) -> None:
+    path = stack.state_path(STATE_FILE)
+    stack.target.run("sh", "-c", 'mkdir -p "$1" && cat >"$2.tmp" && mv -f "$2.tmp" "$2"', "sh",
+                     stack.state_dir, path, input=json.dumps(dict(state), indent=1).encode())
+
+
+def _clear(stack: Stack) -> None:
+    stack.target.run("rm", "-f", "--", stack.state_path(STATE_FILE))
+
+
+# -- choosing what to restore ---------------------------------------------------------------------------
+
+def _plan(repo: Repository, when: datetime | None) -> PhysicalBackup:
+    """The base backup of a restore to `when` (None: the end of the archive); refuses a time that
+    cannot be reached and an archive with a missing or damaged segment."""
+    info = repo.info()
+    reach = info.reachable()
+    if reach is None:
+        raise UsageError("the pgBackRest repository holds no physical backup to restore from",
+                         hint="take one: finaiflow-ops backup physical (the daily job takes them)")
+    earliest, latest = reach
+    span = (f"reachable: from {iso(earliest)} (end of the oldest backup) to {iso(latest)} "
+            "(newest archived WAL)")
+    target = when.timestamp() if when else None
+    if target is not None and target > time.time():
+        raise UsageError(f"{iso(target)} is in the future; {span}", hint="nothing was changed")
+    if target is not None and not earliest <= target <= latest:
+        raise UsageError(f"{iso(target)} cannot be reached; {span}", hint="nothing was changed")
+    base = info.base_for(target)
+    assert base is not None  # the target is after the oldest backup's end
+    gaps = missing_segments(info.wal, base.wal_start)
+    if gaps:
+        before = [w for w in info.wal if w.segment[8:] < gaps[0][8:]]
+        until = max((w.archived for w in before), default=base.stopped)
+        if target is None or target > until:
+            raise ArchiveGap(
+                f"the WAL archive misses {len(gaps)} segment(s) a restore from backup {base.label} needs: "
+                f"{gaps[0]}" + (f" to {gaps[-1]}" if len(gaps) > 1 else ""),
+                hint=f"nothing was changed; times up to {iso(until)} can still be reached "
+                     "(restore --to-time), or restore a pg_dump backup (restore FILE)")
+    problems = repo.verify()
+    if problems:
+        raise ArchiveGap(f"the pgBackRest repository fails verification: {problems[0]}"
+                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                         hint="nothing was changed; a damaged WAL segment would end the replay early")
+    return base
+
+
+# -- the restore --------------------------------------------------------------------------------------------
+
+def restore_to(stack: Stack, when: datetime | None, *, progress: Progress | None = None) -> PitrResult:
+    """Bring the database cluster back to `when` (None: the last archived transaction)."""
+    say = or_quiet(progress)
+    repo = Repository(stack)
+    left = pending(stack)
+    if left:
+        say(f"resuming the restore to {left['target']} interrupted at step {left['phase']!r} "
+            f"(started {left['started']}); the data from before it is in {left['safety_copy'] or 'no copy'}")
+        _end_one_offs(stack)
+    when_text = iso(when.timestamp()) if when else "latest"
+    base = _plan(repo, when)
+    state: dict[str, Any] = left or {"started": iso(time.time()), "safety_copy": ""}
+    state.update(target=when_text, backup=base.label, phase="stopping")
+    _save(stack, state)
+    clock = time.monotonic()
+    say("stopping the database (the api answers 503 until it is back)")
+    stack.compose("stop", SERVICE, timeout=120)
+    if not left:
+        state["safety_copy"] = _safety_copy(stack, say)
+    state["phase"] = "restoring"
+    _save(stack, state)
+    say(f"restoring backup {base.label} and the recovery settings (target: {when_text})")
+    restore_clock = time.monotonic()
+    target_options = (["--type=time", f"--target={_pg_time(when)}", "--target-action=promote"] if when
+                      else ["--type=default"])
+    # sh -c SCRIPT sh MARK_TEXT LABEL OPTION...: the mark first, removed once pgBackRest succeeded
+    script = (f'printf "%s" "$1" >{MARK} && shift && label="$1" && shift && '
+              f'pgbackrest --stanza={STANZA} --set="$label" --delta --force "$@" restore && rm -f {MARK}')
+    stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", SERVICE, "-c", script,
+                  "sh", f"restore to {when_text}", base.label, *target_options,
+                  timeout=_RECOVERY_TIMEOUT, failure="pgbackrest restore failed",
+                  hint=_resume_hint(state))
+    state["phase"] = "recovering"
+    _save(stack, state)
+    say("starting the database: it replays the archived WAL, then opens")
+    last_tx = _recover(stack, state, say)
+    restore_seconds = time.monotonic() - restore_clock
+    tables = _check(stack)
+    flushed = serve_again(stack, say)
+    downtime = time.monotonic() - clock
+    _clear(stack)
+    return PitrResult(when_text, base.label, state["safety_copy"], last_tx, tables, restore_seconds,
+                      downtime, bool(left), flushed)
+
+
+def _pg_time(when: datetime | None) -> str:
+    assert when is not None
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+def _resume_hint(state: Mapping[str, Any]) -> str:
+    copy = state.get("safety_copy") or ""
+    kept = f"the data from before it is in the volume {copy}" if copy else "no data volume was replaced"
+    return (f"run the same restore again (restore --to-time T or --latest, --yes): it resumes; {kept}; "
+            "the database stays stopped until then")
+
+
+def _volume(stack: Stack, name: str) -> Any:
+    import docker.errors
+
+    try:
+        return stack.target.docker().volumes.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def _safety_copy(stack: Stack, say: Progress) -> str:
+    """Copy the database volume into a new one; "" when there is nothing to copy."""
+    source = f"{stack.name}_pg_data"
+    if _volume(stack, source) is None:
+        say(f"no volume {source}: nothing to keep a copy of")
+        return ""
+    copy = f"{source}_before_{datetime.now(UTC).strftime('%Y%m%d_%H%M%S')}"
+    say(f"copying the database volume {source} into {copy} (the safety copy)")
+    engine = stack.target.docker()
+    engine.volumes.create(copy, labels={"finaiflow.safety-copy": "point-in-time restore",
+                                        "com.docker.compose.project": stack.name})
+    image = stack.images().get(SERVICE) or "finaiflow/postgres:15"
+    try:
+        engine.containers.run(image, ["sh", "-c", "cp -a /from/. /to/"], entrypoint=[], user="0",
+                              network_mode="none", remove=True,
+                              volumes={source: {"bind": "/from", "mode": "ro"},
+                                       copy: {"bind": "/to", "mode": "rw"}})
+    except Exception as exc:
+        raise RestoreFailed(f"the safety copy of {source} failed: {exc}",
+                            hint="the database is stopped and unchanged: start it with "
+                                 "finaiflow-ops stack up") from None
+    return copy
+
+
+def _recover(stack: Stack, state: Mapping[str, Any], say: Progress) -> str:
+    """Start postgres on the restored directory and wait until it is promoted; the time of the last
+    transaction the replay applied."""
+    stack.compose("up", "--detach", "--no-deps", "--no-build", "--pull", "never", SERVICE, timeout=120)
+    try:
+        health.wait_healthy(stack, services=[SERVICE], timeout=_RECOVERY_TIMEOUT, progress=say)
+        db = Database.of(stack)
+        for attempt in polling.attempts(within=_RECOVERY_TIMEOUT, every=0.5):
+            if db.psql("SELECT pg_is_in_recovery()", database="postgres")[0][0] == "f":
+                break
+            if attempt.last:
+                raise RestoreFailed("the restored database was still replaying WAL after "
+                                    f"{_RECOVERY_TIMEOUT:.0f} s")
+    except OpsError as exc:
+        logs = _postgres_logs(stack)
+        if "recovery ended before configured recovery target was reached" in logs:
+            why = "the archive ended before the target time (a missing WAL segment?)"
+        else:
+            why = exc.message
+        stack.compose("stop", SERVICE, check=False, timeout=120)
+        raise RestoreFailed(f"the restored database did not open: {why}", hint=_resume_hint(state),
+                            log_tail=exc.log_tail or logs[-2000:]) from None
+    found = _LAST_TX_RE.findall(_postgres_logs(stack))
+    return found[-1].strip() if found else ""
+
+
+def _postgres_logs(stack: Stack) -> str:
+    containers = stack.containers(SERVICE)
+    return stack.logs(containers[0].id, tail=200) if containers else ""
+
+
+def _check(stack: Stack) -> dict[str, int]:
+    """Every table can be counted, and the schema is there (one Alembic revision, when it has one)."""
+    db = Database.of(stack)
+    tables = db.table_counts(error=RestoreFailed)
+    if not tables:
+        raise RestoreFailed(f"the restored database {db.name} has no tables",
+                            hint="restore --to-time a later instant, or a pg_dump backup (restore FILE)")
+    if tables.get("public.alembic_version", 1) != 1:
+        raise RestoreFailed(f"the restored database has {tables['public.alembic_version']} Alembic revisions")
+    return tables
+
+
+def _end_one_offs(stack: Stack) -> None:
+    """A killed restore's `compose run` container may still be writing: end it before resuming."""
+    labels = [f"com.docker.compose.project={stack.name}", "com.docker.compose.oneoff=True",
+              f"com.docker.compose.service={SERVICE}"]
+    for c in stack.target.docker().containers.list(all=True, filters={"label": labels}):
+        c.remove(force=True)
