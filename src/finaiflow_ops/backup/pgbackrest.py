@@ -215,14 +215,14 @@ class Repository:
     def verify(self) -> list[str]:
         """pgBackRest's verify: every archived segment and backup file read and checksummed.
         The problems it names (none when the repository is sound)."""
-        result = self.run("--log-level-console=info", "verify", check=False)
+        result = self.run("--output=text", "--verbose", "verify", check=False)
         text = self.stack.redact(result.stdout + "\n" + result.stderr)
-        problems = [ln.split(": ", 1)[-1].strip() for ln in text.splitlines()
-                    if re.search(r"invalid|missing|ERROR|checksum", ln, re.IGNORECASE)
-                    and "total" not in ln]
-        if not result.ok and not problems:
-            problems = [self._last_error(result)]
-        return problems
+        if result.ok and "status: error" not in text:
+            return []
+        problems = [" ".join(ln.split()) for ln in text.splitlines()
+                    if re.search(r"(invalid|missing|other): [1-9]|ERROR|checksum", ln)
+                    and not re.search(r"(invalid|missing|other): 0\b", ln)]
+        return problems or [self._last_error(result)]
 
 
 def iso(epoch: float) -> str:
