@@ -220,8 +220,7 @@ class Repository:
         if result.ok and "status: error" not in text:
             return []
         problems = [" ".join(ln.split()) for ln in text.splitlines()
-                    if re.search(r"(invalid|missing|other): [1-9]|ERROR|checksum", ln)
-                    and not re.search(r"(invalid|missing|other): 0\b", ln)]
+                    if re.search(r"(invalid|missing|other): [1-9]|ERROR", ln)]
         return problems or [self._last_error(result)]
 
 
