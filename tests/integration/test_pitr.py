@@ -27,7 +27,7 @@ import pytest
 
 from finaiflow_ops import pitr, polling
 from finaiflow_ops.backup.database import Database
-from finaiflow_ops.backup.pgbackrest import Repository, missing_segments, position
+from finaiflow_ops.backup.pgbackrest import Archiver, Repository, missing_segments, position
 from finaiflow_ops.stack import Stack
 from tests.integration.backups_support import cli, error_line
 
@@ -81,6 +81,33 @@ def project_cli(stack: Stack, *args: str, timeout: float = 600) -> subprocess.Co
 
 def safety_copies() -> set[str]:
     return set(docker("volume", "ls", "-q", "--filter", "label=finaiflow.safety-copy").stdout.split())
+
+
+def switch_wal(db: Database) -> None:
+    """Something to archive: a write, then the segment closed (as archive_timeout would)."""
+    db.psql("SELECT txid_current()", database="postgres")  # a commit record
+    db.psql("SELECT pg_switch_wal()", database="postgres")
+
+
+def test_a_failing_archive_command_is_visible_in_check_then_recovers(stack: Stack) -> None:
+    db = Database.of(stack)
+    stack.exec("postgres", ["chmod", "0500", "/var/lib/pgbackrest/archive"])  # archive-push cannot write
+    try:
+        switch_wal(db)
+        for attempt in polling.attempts(within=30, every=0.5):
+            if Archiver.of(db).failing or attempt.last:
+                break
+        result = project_cli(stack, "--json", "check")
+        archive = next(i for i in json.loads(result.stdout)["items"] if i["name"] == "archive")
+        assert archive["status"] == "warn" and "the archive command fails" in archive["detail"], archive
+    finally:
+        stack.exec("postgres", ["chmod", "0750", "/var/lib/pgbackrest/archive"])
+    switch_wal(db)  # wakes the archiver: the waiting segments go out
+    for attempt in polling.attempts(within=60, every=0.5):
+        state = Archiver.of(db)
+        if (not state.failing and state.waiting == 0) or attempt.last:
+            break
+    assert not state.failing and state.waiting == 0, state.describe()
 
 
 @pytest.fixture(scope="module")

@@ -224,5 +224,64 @@ class Repository:
         return problems or [self._last_error(result)]
 
 
+STUCK_SECONDS = 180.0  # archive_timeout (30 s) and the archiver's retry cycle (60 s), with margin
+_ARCHIVER_SQL = """
+SELECT current_setting('archive_mode'), archived_count, failed_count,
+       coalesce(extract(epoch FROM now() - last_archived_time)::text, ''),
+       coalesce(extract(epoch FROM now() - last_failed_time)::text, ''), coalesce(last_failed_wal, ''),
+       (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'),
+       (SELECT coalesce(extract(epoch FROM now() - min(modification)), 0) FROM pg_ls_archive_statusdir()
+         WHERE name LIKE '%.ready')
+FROM pg_stat_archiver
+""".strip()
+
+
+@dataclass(frozen=True)
+class Archiver:
+    """PostgreSQL's archiver as the server sees it (pg_stat_archiver and the segments waiting)."""
+
+    mode: str  # archive_mode: on, off
+    archived: int
+    failed: int
+    archived_ago: float | None  # seconds since the last segment was archived
+    failed_ago: float | None  # seconds since the last failed attempt
+    failed_wal: str
+    waiting: int  # segments ready but not archived yet
+    oldest_waiting: float  # seconds the oldest of them has waited
+
+    @property
+    def stuck(self) -> bool:
+        """Segments wait longer than a healthy archiver ever lets them (STUCK_SECONDS)."""
+        return self.mode != "off" and self.waiting > 0 and self.oldest_waiting > STUCK_SECONDS
+
+    @property
+    def failing(self) -> bool:
+        """The last attempt failed (it may still recover on the next retry)."""
+        if self.failed_ago is None:
+            return False
+        return self.archived_ago is None or self.failed_ago < self.archived_ago
+
+    def describe(self) -> str:
+        last = ("nothing archived yet" if self.archived_ago is None
+                else f"last archived {self.archived_ago:.0f} s ago")
+        text = f"{last}, {self.waiting} segment(s) waiting"
+        if self.waiting:
+            text += f" (the oldest for {self.oldest_waiting:.0f} s)"
+        if self.failing:
+            text += (f"; the archive command fails (last failure {self.failed_ago:.0f} s ago, "
+                     f"{self.failed_wal})")
+        return text
+
+    @classmethod
+    def of(cls, db: Database) -> Archiver:
+        row = db.psql(_ARCHIVER_SQL, database="postgres")[0]
+
+        def seconds(text: str) -> float | None:
+            return float(text) if text else None
+
+        return cls(row[0], int(row[1]), int(row[2]), seconds(row[3]), seconds(row[4]), row[5], int(row[6]),
+                   float(row[7]))
+
+
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
