@@ -44,11 +44,16 @@ fi
 # Commit timestamps are kept (track_commit_timestamp) so that a restore can say when the last
 # transaction it holds was committed.
 export PGBACKREST_PG1_USER="$POSTGRES_USER"
+# A repository volume made by an older image: its status/ directory, readable by the ops exporter.
+repo="${PGBACKREST_REPO1_PATH:-/var/lib/pgbackrest}"
+if [ -w "$repo" ]; then
+  chmod 0751 "$repo" && mkdir -p "$repo/status" && chmod 0755 "$repo/status"
+fi
 if [ "$1" = "postgres" ]; then
   shift
   if [ "${PG_ARCHIVE:-on}" = "on" ]; then
     set -- -c archive_mode=on \
-      -c "archive_command=pgbackrest --stanza=${PGBACKREST_STANZA:-main} archive-push %p" \
+      -c "archive_command=/usr/local/bin/archive-wal %p" \
       -c "archive_timeout=${PG_ARCHIVE_TIMEOUT:-30}" "$@"
   fi
   exec postgres -D "$PGDATA" -c listen_addresses='*' -c wal_level=replica \

@@ -34,6 +34,7 @@ __all__ = ["FULL_EVERY_DAYS", "STANZA", "ArchiveGap", "PhysicalBackup", "RepoInf
            "WalFile", "missing_segments"]
 
 STANZA = "main"
+REPOSITORY = "/var/lib/pgbackrest"  # in the postgres container: the pg_archive volume
 SERVICE = "postgres"
 FULL_EVERY_DAYS = 7  # the daily job takes a full backup when the newest full is this old, else a differential
 SEGMENTS_PER_LOG = 0x100  # 16 MB segments: 256 per 4 GB "log" (the middle 8 hex digits of a name)
@@ -177,10 +178,23 @@ class Repository:
         self.ensure_stanza()
         extra = [f"--repo1-retention-full={retention_full}"] if retention_full else []
         self.run(f"--type={kind}", *extra, "backup", what=f"the {kind} pgBackRest backup")
-        newest = self.info().backups
-        if not newest:
+        info = self.info()
+        if not info.backups:
             raise BackupFailed("pgBackRest reported success but lists no backup")
-        return newest[-1]
+        self._record(info)
+        return info.backups[-1]
+
+    def _record(self, info: RepoInfo) -> None:
+        """status/backups in the repository, for the ops exporter: the newest full backup's end,
+        the newest backup's end, its type and label."""
+        newest, full = info.backups[-1], info.newest_full
+        line = f"{full.stopped if full else 0:.0f} {newest.stopped:.0f} {newest.type} {newest.label}"
+        status = f"{REPOSITORY}/status"
+        script = f'umask 022 && mkdir -p {status} && printf "%s\\n" "$1" >{status}/backups.tmp && ' \
+                 f'mv -f {status}/backups.tmp {status}/backups'
+        db = self.database()
+        if db is not None:
+            db.run(["sh", "-c", script, "sh", line])
 
     def due_kind(self) -> Literal["full", "diff"]:
         """full when there is none or the newest is FULL_EVERY_DAYS old, else diff."""
