@@ -46,7 +46,7 @@ from finaiflow_ops.restore import serve_again
 if TYPE_CHECKING:
     from finaiflow_ops.stack import Stack
 
-__all__ = ["PitrResult", "pending", "restore_to"]
+__all__ = ["PitrDrillResult", "PitrResult", "drill", "pending", "restore_to"]
 
 SERVICE = "postgres"
 STATE_FILE = "pitr-restore.json"
@@ -274,3 +274,111 @@ def _end_one_offs(stack: Stack) -> None:
               f"com.docker.compose.service={SERVICE}"]
     for c in stack.target.docker().containers.list(all=True, filters={"label": labels}):
         c.remove(force=True)
+
+
+# -- the point-in-time drill ----------------------------------------------------------------------------
+
+HEARTBEAT = "finaiflow_heartbeat"  # in the `postgres` database: a row every health check (3 s)
+DRILL_WINDOW = 24 * 3600.0
+_HEARTBEAT_SQL = (f"SELECT count(*), coalesce(extract(epoch FROM max(at))::text, '') FROM {HEARTBEAT} "  # noqa: S608
+                  "WHERE at <= to_timestamp({t})")
+
+
+@dataclass(frozen=True)
+class PitrDrillResult:
+    """A random instant of the last 24 hours restored into a scratch container and compared with the
+    heartbeat rows the live database holds for that instant."""
+
+    target: str
+    backup: str
+    heartbeats: int  # rows up to the instant, equal on both sides
+    last_heartbeat: str  # the newest of them
+    seconds: float  # restore, replay and comparison
+
+
+def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None = None) -> PitrDrillResult:
+    """Restore `at` (default: a random instant of the last 24 hours that the archive reaches) into a
+    scratch volume and container (the repository mounted read-only, archiving off, no network),
+    replay to it and pause there, then compare the heartbeat rows up to that instant with the live
+    database's. Everything scratch is removed afterwards."""
+    import random
+
+    say = or_quiet(progress)
+    repo = Repository(stack)
+    info = repo.info()
+    reach = info.reachable()
+    if reach is None:
+        raise UsageError("the pgBackRest repository holds no physical backup to drill",
+                         hint="take one: finaiflow-ops backup physical")
+    low, high = max(reach[0], time.time() - DRILL_WINDOW), reach[1]
+    if at is None:
+        if high < low:
+            raise RestoreFailed(f"nothing of the last 24 hours can be reached (reachable: {iso(reach[0])} "
+                                f"to {iso(reach[1])})",
+                                hint="see finaiflow-ops check (archive) and backup archive")
+        at = datetime.fromtimestamp(random.uniform(low, high), UTC)  # noqa: S311 - a drill's pick
+    base = _plan(repo, at)
+    target = at.timestamp()
+    db = Database.of(stack)
+    expected = db.psql(_HEARTBEAT_SQL.replace("{t}", f"{target:.6f}"), database="postgres")[0]
+    say(f"drilling {iso(target)}: backup {base.label}, {expected[0]} heartbeat rows up to then")
+    clock = time.monotonic()
+    engine = stack.target.docker()
+    stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+    scratch = f"{stack.name}_pitr_drill_{stamp}"
+    image = stack.images().get(SERVICE) or "finaiflow/postgres:15"
+    env = {"POSTGRES_USER": db.user, "POSTGRES_DB": "postgres", "PGBACKREST_PG1_USER": db.user,
+           "PG_ARCHIVE": "off"}
+    volumes = {scratch: {"bind": "/var/lib/postgresql/data", "mode": "rw"},
+               f"{stack.name}_pg_archive": {"bind": "/var/lib/pgbackrest", "mode": "ro"}}
+    labels = {"finaiflow.drill": "pitr", "com.docker.compose.project": stack.name}
+    engine.volumes.create(scratch, labels=labels)
+    container = None
+    try:
+        restore = ["pgbackrest", f"--stanza={STANZA}", f"--set={base.label}", "--type=time",
+                   f"--target={_pg_time(at)}", "--target-action=pause", "--archive-mode=off", "restore"]
+        engine.containers.run(image, restore, entrypoint=[], environment=env, volumes=volumes,
+                              network_mode="none", remove=True, labels=labels)
+        container = engine.containers.run(image, name=scratch, environment=env, volumes=volumes,
+                                          network_mode="none", detach=True, labels=labels)
+        scratch_db = Database(stack.target, container.id or scratch, db.user, "postgres",
+                              f"the drill's scratch container {scratch}", stack.env)
+        for attempt in polling.attempts(within=_RECOVERY_TIMEOUT, every=0.5):
+            container.reload()
+            if container.status != "running":
+                raise RestoreFailed(f"the drill's scratch postgres stopped: {_tail(container)}")
+            try:
+                state = scratch_db.psql("SELECT pg_get_wal_replay_pause_state()", database="postgres",
+                                        error=RestoreFailed)[0][0]
+            except RestoreFailed:
+                state = "starting"
+            if state == "paused":
+                break
+            if attempt.last:
+                raise RestoreFailed(f"the drill's replay did not reach {iso(target)} within "
+                                    f"{_RECOVERY_TIMEOUT:.0f} s")
+        found = scratch_db.psql(_HEARTBEAT_SQL.replace("{t}", f"{target:.6f}"), database="postgres",
+                                error=RestoreFailed)[0]
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        engine.volumes.get(scratch).remove(force=True)
+    if found != expected:
+        raise RestoreFailed(f"the drill restored {found[0]} heartbeat rows up to {iso(target)} (the newest "
+                            f"at {_at(found[1])}); the live database holds {expected[0]} (the newest at "
+                            f"{_at(expected[1])})", hint="the archive does not give back what was committed")
+    if not int(expected[0]):
+        raise RestoreFailed(f"no heartbeat row before {iso(target)}: the comparison proves nothing",
+                            hint="the database's health check writes one every 3 s; is it running?")
+    return PitrDrillResult(iso(target), base.label, int(expected[0]), _at(expected[1]),
+                           time.monotonic() - clock)
+
+
+def _at(epoch: str) -> str:
+    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if epoch else "-"
+
+
+def _tail(container: Any) -> str:
+    raw: bytes = container.logs(tail=5)
+    lines = [ln for ln in raw.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "no log"

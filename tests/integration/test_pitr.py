@@ -270,6 +270,18 @@ def test_a_restore_killed_half_way_is_resumed_by_the_next_one(stack: Stack, arch
     assert not state.exists()
 
 
+def test_the_pitr_drill_restores_an_instant_into_a_scratch_container_and_compares_heartbeats(
+        stack: Stack, archived: Archived) -> None:
+    result = project_cli(stack, "--json", "restore", "drill", "--pitr")
+    assert result.returncode == 0, result.stderr
+    drill = json.loads(result.stdout)
+    assert drill["heartbeats"] > 0
+    print(f"\npoint-in-time drill of {drill['target']}: {drill['heartbeats']} heartbeat rows matched in "
+          f"{drill['seconds']:.1f} s")
+    left = docker("ps", "-aq", "--filter", "label=finaiflow.drill=pitr").stdout.split()
+    assert not left and not docker("volume", "ls", "-q", "--filter", "label=finaiflow.drill=pitr").stdout.split()
+
+
 def test_retention_expires_the_oldest_backup_but_keeps_the_wal_the_kept_one_needs(
         stack: Stack, archived: Archived) -> None:
     repo = Repository(stack)

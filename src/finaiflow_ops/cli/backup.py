@@ -23,6 +23,7 @@ from finaiflow_ops.backup.notify import notify_failure
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress, relayed_args
 from finaiflow_ops.errors import CheckFailed, OpsError
 from finaiflow_ops.output import err, out
+from finaiflow_ops.pitr import drill as pitr_drill
 
 _DIR_HELP = "The backup directory (default: PROJECT_DIR/backups)."
 
@@ -429,14 +430,35 @@ def _print_undone(result: restoring.UndoResult) -> None:
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @click.option("--dir", "directory", default=None, help=_DIR_HELP)
 @click.option("--identity", type=click.Path(path_type=Path), default=None, help=_IDENTITY_HELP)
+@click.option("--pitr", is_flag=True, help="A point-in-time drill: a random instant of the last 24 hours "
+              "restored from the pgBackRest repository into a scratch container, compared with the "
+              "database's heartbeat rows of that instant.")
+@click.option("--at", "at", default=None, callback=_instant, metavar="ISO8601",
+              help="With --pitr: this instant instead of a random one.")
 @pass_options
-def restore_drill(opts: Options, file: Path | None, directory: str | None, identity: Path | None) -> None:
-    """Restore FILE (default: the newest verified backup) into a scratch database, compare, drop it."""
+def restore_drill(opts: Options, file: Path | None, directory: str | None, identity: Path | None,
+                  pitr: bool, at: datetime | None) -> None:
+    """Restore FILE (default: the newest verified backup) into a scratch database, compare, drop it;
+    or, with --pitr, an instant of the last 24 hours into a scratch container."""
+    if pitr or at:
+        if file or identity or directory:
+            raise click.UsageError("--pitr drills the pgBackRest repository: no FILE, --dir or --identity")
+        if opts.target.kind == "ssh":
+            _on_host(opts)
+        emit(opts, pitr_drill(opts.stack, at, progress=progress), _print_pitr_drill)
+        return
     # A named FILE on this machine needs no directory: its own is used.
     local_file = file is not None and (opts.target.is_local or file.exists())
     where = file.resolve().parent if file and local_file and not directory else _directory(opts, directory)
     emit(opts, restoring.drill(Database.of(opts.stack), file.resolve() if file else None, directory=where,
                                identity=_identity(identity), progress=progress), _print_drill)
+
+
+def _print_pitr_drill(result: pitr.PitrDrillResult) -> None:
+    out.print(f"point-in-time drill passed: {result.target} restored from pgBackRest backup {result.backup} "
+              f"into a scratch container in {result.seconds:.1f} s; its {result.heartbeats} heartbeat rows "
+              f"up to then (the newest at {result.last_heartbeat}) match the live database's; "
+              "scratch removed")
 
 
 def _print_drill(result: restoring.DrillResult) -> None:
