@@ -2,8 +2,8 @@
 
 After `stack up`: a staging certificate from the development CA (TLS checked with verification
 on), a first pgBackRest backup, a first verified backup, and the daily backup job.
-`finaiflow-ops stack up --staging`, the acceptance session and the test session do this; the checklist itself only reads, so a staging
-that lacks any of it fails the matching item.
+`finaiflow-ops stack up --staging`, the acceptance session and the test session do this; the
+checklist itself only reads, so a staging that lacks any of it fails the matching item.
 """
 
 from __future__ import annotations

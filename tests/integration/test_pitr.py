@@ -278,8 +278,9 @@ def test_the_pitr_drill_restores_an_instant_into_a_scratch_container_and_compare
     assert drill["heartbeats"] > 0
     print(f"\npoint-in-time drill of {drill['target']}: {drill['heartbeats']} heartbeat rows matched in "
           f"{drill['seconds']:.1f} s")
-    left = docker("ps", "-aq", "--filter", "label=finaiflow.drill=pitr").stdout.split()
-    assert not left and not docker("volume", "ls", "-q", "--filter", "label=finaiflow.drill=pitr").stdout.split()
+    scratch = "label=finaiflow.drill=pitr"
+    assert not docker("ps", "-aq", "--filter", scratch).stdout.split()  # removed after the drill
+    assert not docker("volume", "ls", "-q", "--filter", scratch).stdout.split()
 
 
 def test_retention_expires_the_oldest_backup_but_keeps_the_wal_the_kept_one_needs(
