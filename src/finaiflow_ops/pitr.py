@@ -135,8 +135,10 @@ def _plan(repo: Repository, when: datetime | None) -> PhysicalBackup:
 
 # -- the restore --------------------------------------------------------------------------------------------
 
-def restore_to(stack: Stack, when: datetime | None, *, progress: Progress | None = None) -> PitrResult:
-    """Bring the database cluster back to `when` (None: the last archived transaction)."""
+def restore_to(stack: Stack, when: datetime | None, *, point: str = "",
+               progress: Progress | None = None) -> PitrResult:
+    """Bring the database cluster back to `when` (None: the last archived transaction), or to the
+    restore point named `point`, made at `when` (a deploy's, just before its migrations)."""
     say = or_quiet(progress)
     repo = Repository(stack)
     left = pending(stack)
@@ -144,7 +146,7 @@ def restore_to(stack: Stack, when: datetime | None, *, progress: Progress | None
         say(f"resuming the restore to {left['target']} interrupted at step {left['phase']!r} "
             f"(started {left['started']}); the data from before it is in {left['safety_copy'] or 'no copy'}")
         _end_one_offs(stack)
-    when_text = iso(when.timestamp()) if when else "latest"
+    when_text = point or (iso(when.timestamp()) if when else "latest")
     base = _plan(repo, when)
     state: dict[str, Any] = left or {"started": iso(time.time()), "safety_copy": ""}
     state.update(target=when_text, backup=base.label, phase="stopping")
@@ -158,7 +160,8 @@ def restore_to(stack: Stack, when: datetime | None, *, progress: Progress | None
     _save(stack, state)
     say(f"restoring backup {base.label} and the recovery settings (target: {when_text})")
     restore_clock = time.monotonic()
-    target_options = (["--type=time", f"--target={_pg_time(when)}", "--target-action=promote"] if when
+    target_options = (["--type=name", f"--target={point}", "--target-action=promote"] if point
+                      else ["--type=time", f"--target={_pg_time(when)}", "--target-action=promote"] if when
                       else ["--type=default"])
     # sh -c SCRIPT sh MARK_TEXT LABEL OPTION...: the mark first, removed once pgBackRest succeeded
     script = (f'printf "%s" "$1" >{MARK} && shift && label="$1" && shift && '

@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 from rich.table import Table
 
-from finaiflow_ops import pitr, relay
+from finaiflow_ops import pitr, relay, releases
 from finaiflow_ops import restore as restoring
 from finaiflow_ops.backup import archive, encryption, offsite, pgbackrest, retention, schedule
 from finaiflow_ops.backup.database import Database
@@ -21,7 +21,7 @@ from finaiflow_ops.backup.encryption import Identity
 from finaiflow_ops.backup.inventory import BackupList, list_backups
 from finaiflow_ops.backup.notify import notify_failure
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress, relayed_args
-from finaiflow_ops.errors import CheckFailed, OpsError
+from finaiflow_ops.errors import CheckFailed, OpsError, UsageError
 from finaiflow_ops.output import err, out
 from finaiflow_ops.pitr import drill as pitr_drill
 
@@ -349,9 +349,14 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
               help="Bring the database cluster back to this instant (point-in-time recovery).")
 @click.option("--latest", is_flag=True, help="Bring it back to the last archived transaction (after the "
               "database volume is lost).")
+@click.option("--before-release", "before_release", default=None, metavar="N",
+              help="Bring it back to the restore point a deploy made just before its migrations (release "
+                   "N of --service, as `releases` lists it).")
+@click.option("--service", default="api", show_default=True, help="Whose release --before-release names.")
 @pass_options
 @click.pass_context
-def restore(ctx: click.Context, opts: Options, to_time: datetime | None, latest: bool) -> None:
+def restore(ctx: click.Context, opts: Options, to_time: datetime | None, latest: bool,
+            before_release: str | None, service: str) -> None:
     """Restore a backup: `restore FILE`, `restore undo`, `restore drill [FILE]`, or the whole cluster
     to a point in time: `restore --to-time T` or `restore --latest`.
 
@@ -360,19 +365,28 @@ def restore(ctx: click.Context, opts: Options, to_time: datetime | None, latest:
     kept for `restore undo`. `--to-time`/`--latest` stop the database, keep a copy of its volume,
     restore from the pgBackRest repository and replay the archived WAL (downtime: it says how long).
     """
+    given = [name for name, value in (("--to-time", to_time), ("--latest", latest),
+                                      ("--before-release", before_release)) if value]
     if ctx.invoked_subcommand is not None:
-        if to_time or latest:
-            raise click.UsageError("--to-time and --latest restore the whole cluster: no FILE or subcommand")
+        if given:
+            raise click.UsageError(f"{given[0]} restores the whole cluster: no FILE or subcommand")
         return
-    if bool(to_time) == latest:
-        raise click.UsageError("give FILE, or one of --to-time T and --latest (see --help)")
+    if len(given) != 1:
+        raise click.UsageError("give FILE, or one of --to-time T, --latest, --before-release N (see --help)")
+    point, just_before = "", ""
+    if before_release:
+        release = releases.history(opts.stack, service).find(before_release)
+        if not release.restore_point:
+            raise UsageError(f"release {release.label} of {service} has no restore point",
+                             hint="deploys record one before their migrations since PITR came; use --to-time")
+        point, to_time = release.restore_point, datetime.fromisoformat(release.restore_point_at)
+        just_before = f", just before release {release.label} of {service}"
+    what = "the last archived transaction" if latest else f"{to_time:%Y-%m-%dT%H:%M:%SZ}{just_before}"
     if opts.target.kind == "ssh":
-        _on_host(opts, asks="bring the database cluster back to "
-                 f"{'the last archived transaction' if latest else to_time}?")
-    what = "the last archived transaction" if latest else f"{to_time:%Y-%m-%dT%H:%M:%SZ}"
+        _on_host(opts, asks=f"bring the database cluster back to {what}?")
     opts.confirm(f"stop the database of {opts.stack.project} on {opts.target} and bring it back to {what}? "
                  "(a copy of its volume is kept)")
-    emit(opts, pitr.restore_to(opts.stack, to_time, progress=progress), _print_pitr)
+    emit(opts, pitr.restore_to(opts.stack, to_time, point=point, progress=progress), _print_pitr)
 
 
 def _print_pitr(result: pitr.PitrResult) -> None:
