@@ -217,7 +217,7 @@ def _safety_copy(stack: Stack, say: Progress) -> str:
                                         "com.docker.compose.project": stack.name})
     image = stack.images().get(SERVICE) or "finaiflow/postgres:15"
     try:
-        engine.containers.run(image, ["sh", "-c", "cp -a /from/. /to/"], entrypoint=[], user="0",
+        engine.containers.run(image, entrypoint=["cp", "-a", "/from/.", "/to/"], user="0",
                               network_mode="none", remove=True,
                               volumes={source: {"bind": "/from", "mode": "ro"},
                                        copy: {"bind": "/to", "mode": "rw"}})
@@ -338,9 +338,9 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
     engine.volumes.create(scratch, labels=labels)
     container = None
     try:
-        restore = ["pgbackrest", f"--stanza={STANZA}", f"--set={base.label}", "--type=time",
-                   f"--target={_pg_time(at)}", "--target-action=pause", "--archive-mode=off", "restore"]
-        engine.containers.run(image, restore, entrypoint=[], environment=env, volumes=volumes,
+        restore = [f"--stanza={STANZA}", f"--set={base.label}", "--type=time", f"--target={_pg_time(at)}",
+                   "--target-action=pause", "--archive-mode=off", "restore"]
+        engine.containers.run(image, restore, entrypoint=["pgbackrest"], environment=env, volumes=volumes,
                               network_mode="none", remove=True, labels=labels)
         container = engine.containers.run(image, name=scratch, environment=env, volumes=volumes,
                                           network_mode="none", detach=True, labels=labels)
