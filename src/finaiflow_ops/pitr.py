@@ -283,8 +283,10 @@ def _end_one_offs(stack: Stack) -> None:
 
 HEARTBEAT = "finaiflow_heartbeat"  # in the `postgres` database: a row every health check (3 s)
 DRILL_WINDOW = 24 * 3600.0
+# A row's `at` is taken a few milliseconds before its commit: rows of the last second before the
+# instant may or may not be committed by then, so both sides compare the rows up to a second before.
 _HEARTBEAT_SQL = (f"SELECT count(*), coalesce(extract(epoch FROM max(at))::text, '') FROM {HEARTBEAT} "  # noqa: S608
-                  "WHERE at <= to_timestamp({t})")
+                  "WHERE at <= to_timestamp({t}) - interval '1 second'")
 
 
 @dataclass(frozen=True)
