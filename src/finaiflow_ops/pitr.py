@@ -140,6 +140,11 @@ def restore_to(stack: Stack, when: datetime | None, *, point: str = "",
     """Bring the database cluster back to `when` (None: the last archived transaction), or to the
     restore point named `point`, made at `when` (a deploy's, just before its migrations)."""
     say = or_quiet(progress)
+    if stack.runtime.name != "compose":
+        raise UsageError(f"restore --to-time/--latest restores a compose stack's database only; "
+                         f"{stack.project} runs on {stack.runtime.name}",
+                         hint="on a swarm, archiving and backups work (backup physical, restore drill "
+                              "--pitr); restore on the database node by hand: docs/backups.md")
     repo = Repository(stack)
     left = pending(stack)
     if left:
