@@ -53,7 +53,7 @@ if [ "$1" = "postgres" ]; then
   shift
   if [ "${PG_ARCHIVE:-on}" = "on" ]; then
     set -- -c archive_mode=on \
-      -c "archive_command=/usr/local/bin/archive-wal %p" \
+      -c "archive_command=/usr/local/bin/pgbackrest-archive-wal %p" \
       -c "archive_timeout=${PG_ARCHIVE_TIMEOUT:-30}" "$@"
   fi
   exec postgres -D "$PGDATA" -c listen_addresses='*' -c wal_level=replica \
