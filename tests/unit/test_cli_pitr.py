@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from finaiflow_ops.cli import main
