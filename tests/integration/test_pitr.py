@@ -91,7 +91,7 @@ def switch_wal(db: Database) -> None:
 
 def test_a_failing_archive_command_is_visible_in_check_then_recovers(stack: Stack) -> None:
     db = Database.of(stack)
-    stack.exec("postgres", ["chmod", "0500", "/var/lib/pgbackrest/archive"])  # archive-push cannot write
+    stack.exec("postgres", ["chmod", "-R", "a-w", "/var/lib/pgbackrest/archive"])  # archive-push cannot write
     try:
         switch_wal(db)
         for attempt in polling.attempts(within=30, every=0.5):
@@ -101,7 +101,7 @@ def test_a_failing_archive_command_is_visible_in_check_then_recovers(stack: Stac
         archive = next(i for i in json.loads(result.stdout)["items"] if i["name"] == "archive")
         assert archive["status"] == "warn" and "the archive command fails" in archive["detail"], archive
     finally:
-        stack.exec("postgres", ["chmod", "0750", "/var/lib/pgbackrest/archive"])
+        stack.exec("postgres", ["chmod", "-R", "u+w", "/var/lib/pgbackrest/archive"])
     switch_wal(db)  # wakes the archiver: the waiting segments go out
     for attempt in polling.attempts(within=60, every=0.5):
         state = Archiver.of(db)
