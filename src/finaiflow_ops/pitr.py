@@ -209,8 +209,16 @@ def _volume(stack: Stack, name: str) -> Any:
         return None
 
 
+_NOTHING_TO_COPY = 3
+# The copy, as root (ownership and modes kept); exit 3 when the volume holds no cluster (it was lost,
+# and a one-off container reading the repository made it anew, empty).
+_COPY = f'[ -s /from/PG_VERSION ] || exit {_NOTHING_TO_COPY}; exec cp -a /from/. /to/'
+
+
 def _safety_copy(stack: Stack, say: Progress) -> str:
-    """Copy the database volume into a new one; "" when there is nothing to copy."""
+    """Copy the database volume into a new one; "" when there is no cluster to copy."""
+    import docker.errors
+
     source = f"{stack.name}_pg_data"
     if _volume(stack, source) is None:
         say(f"no volume {source}: nothing to keep a copy of")
@@ -218,15 +226,18 @@ def _safety_copy(stack: Stack, say: Progress) -> str:
     copy = f"{source}_before_{datetime.now(UTC).strftime('%Y%m%d_%H%M%S')}"
     say(f"copying the database volume {source} into {copy} (the safety copy)")
     engine = stack.target.docker()
-    engine.volumes.create(copy, labels={"finaiflow.safety-copy": "point-in-time restore",
-                                        "com.docker.compose.project": stack.name})
+    created = engine.volumes.create(copy, labels={"finaiflow.safety-copy": "point-in-time restore",
+                                                  "com.docker.compose.project": stack.name})
     image = stack.images().get(SERVICE) or "finaiflow/postgres:15"
     try:
-        engine.containers.run(image, entrypoint=["cp", "-a", "/from/.", "/to/"], user="0",
-                              network_mode="none", remove=True,
-                              volumes={source: {"bind": "/from", "mode": "ro"},
-                                       copy: {"bind": "/to", "mode": "rw"}})
-    except Exception as exc:
+        engine.containers.run(image, entrypoint=["sh", "-c", _COPY], user="0", network_mode="none",
+                              remove=True, volumes={source: {"bind": "/from", "mode": "ro"},
+                                                    copy: {"bind": "/to", "mode": "rw"}})
+    except docker.errors.ContainerError as exc:
+        if exc.exit_status == _NOTHING_TO_COPY:
+            created.remove(force=True)
+            say(f"the volume {source} holds no cluster (it was lost): nothing to keep a copy of")
+            return ""
         raise RestoreFailed(f"the safety copy of {source} failed: {exc}",
                             hint="the database is stopped and unchanged: start it with "
                                  "finaiflow-ops stack up") from None

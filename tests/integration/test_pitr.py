@@ -151,11 +151,11 @@ def archived(stack: Stack) -> Iterator[Archived]:
         clock = time.monotonic()
         result = project_cli(stack, "--yes", "restore", "--latest")
         seconds = time.monotonic() - clock
+        print(f"\nrestore --latest after the volume was lost: {seconds:.1f} s; {result.stdout.strip()}")
         assert result.returncode == 0, result.stderr
         assert "there was no data volume to keep" in result.stdout
         assert "downtime" in result.stdout
         ids = ids_of(Database.of(stack))
-        print(f"\nrestore --latest after the volume was lost: {seconds:.1f} s; {result.stdout.strip()}")
         yield Archived(load, killed_at, ids)
     finally:
         stack.compose("up", "--detach", "--no-build", "--pull", "never", timeout=300)
