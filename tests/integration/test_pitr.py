@@ -219,7 +219,12 @@ def test_a_missing_or_damaged_wal_segment_is_refused_naming_it(stack: Stack, arc
     info = Repository(stack).info()
     base = info.base_for(None)
     assert base is not None and not missing_segments(info.wal, base.wal_start)
-    inner = [w.segment for w in info.wal if w.segment > base.wal_start][:-1]  # not the newest
+    # A segment after the backup's first and before the archive's newest, at a position no other
+    # timeline has (the restores above made timelines that share positions: see missing_segments).
+    positions = [w.position for w in info.wal]
+    newest = max(positions)
+    inner = [w.segment for w in info.wal
+             if position(base.wal_start) < w.position < newest and positions.count(w.position) == 1]
     assert inner, "the archive has no segment between the backup and its end"
     segment = inner[len(inner) // 2]
     path = _repo_file(stack, segment)

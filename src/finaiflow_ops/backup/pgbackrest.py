@@ -104,7 +104,10 @@ def missing_segments(wal: Sequence[WalFile], start: str) -> list[str]:
     """The segments (names on `start`'s timeline) missing between `start` and the newest one.
 
     Every position from the start to the newest archived one must be present on some timeline (a
-    restore that branched a new timeline continues the positions of the old one)."""
+    restore that branched a new timeline continues the positions of the old one). Not seen here: a
+    segment missing on the newest timeline at a position an older timeline also has (the branch
+    point of a point-in-time restore); reading timeline history files would tell which one replay
+    needs."""
     have = {w.position for w in wal}
     if not have:
         return [start]
