@@ -2,7 +2,8 @@
 transaction, from the pgBackRest repository (finaiflow_ops.backup.pgbackrest).
 
 restore --to-time T | --latest:
-  1. the repository is read (a one-off container when the database is down or its volume lost):
+  1. when the database runs, its current WAL segment is closed and archived (so that `--latest`
+     reaches what was committed up to now); the repository is read (a one-off container when the database is down or its volume lost):
      T must lie between the oldest backup's end and the newest archived WAL segment, and every
      segment from the base backup on must be there and sound (pgBackRest verify); otherwise the
      restore is refused, naming the reachable range or the gap, and nothing is changed;
@@ -152,6 +153,7 @@ def restore_to(stack: Stack, when: datetime | None, *, point: str = "",
             f"(started {left['started']}); the data from before it is in {left['safety_copy'] or 'no copy'}")
         _end_one_offs(stack)
     when_text = point or (iso(when.timestamp()) if when else "latest")
+    _archive_now(repo, say)
     base = _plan(repo, when)
     state: dict[str, Any] = left or {"started": iso(time.time()), "safety_copy": ""}
     state.update(target=when_text, backup=base.label, phase="stopping")
@@ -186,6 +188,28 @@ def restore_to(stack: Stack, when: datetime | None, *, point: str = "",
     _clear(stack)
     return PitrResult(when_text, base.label, state["safety_copy"], last_tx, tables, restore_seconds,
                       downtime, bool(left), flushed)
+
+
+def _archive_now(repo: Repository, say: Progress) -> None:
+    """When the database runs: close the current WAL segment and wait (60 s at most) until it is
+    archived, so that what was committed up to now can be reached (`--latest` of a running
+    database, or a time a few seconds ago)."""
+    db = repo.database()
+    if db is None:
+        return
+    try:
+        row = db.psql("SELECT pg_walfile_name(pg_switch_wal())", database="postgres")
+        closed = row[0][0] if row else ""
+        for attempt in polling.attempts(within=60, every=0.3):
+            done = db.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+                           database="postgres")
+            if done and done[0][0][8:] >= closed[8:]:
+                return
+            if attempt.last:
+                say(f"the current WAL segment {closed} was not archived within 60 s: the restore reaches "
+                    "what was archived before")
+    except OpsError as exc:
+        say(f"could not close the current WAL segment ({exc.message}): the restore reaches what was archived")
 
 
 def _pg_time(when: datetime | None) -> str:
