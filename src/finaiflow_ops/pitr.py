@@ -3,7 +3,8 @@ transaction, from the pgBackRest repository (finaiflow_ops.backup.pgbackrest).
 
 restore --to-time T | --latest:
   1. when the database runs, its current WAL segment is closed and archived (so that `--latest`
-     reaches what was committed up to now); the repository is read (a one-off container when the database is down or its volume lost):
+     reaches what was committed up to now); the repository is read (a one-off container when the
+     database is down or its volume lost):
      T must lie between the oldest backup's end and the newest archived WAL segment, and every
      segment from the base backup on must be there and sound (pgBackRest verify); otherwise the
      restore is refused, naming the reachable range or the gap, and nothing is changed;
