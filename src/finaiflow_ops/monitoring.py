@@ -452,7 +452,11 @@ def _archive(stack: Stack) -> tuple[Status, str]:
     archiver lets them; warns while the archive command fails but has not been failing that long."""
     from finaiflow_ops.backup.database import Database
     from finaiflow_ops.backup.pgbackrest import STUCK_SECONDS, Archiver
+    from finaiflow_ops.pitr import interrupted
 
+    left = interrupted(stack)
+    if left:
+        return "fail", left
     archiver = Archiver.of(Database.of(stack))
     if archiver.mode == "off":
         return "warn", "WAL is not archived (PG_ARCHIVE=off): no point-in-time recovery"

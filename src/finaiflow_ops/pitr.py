@@ -48,7 +48,7 @@ from finaiflow_ops.restore import serve_again
 if TYPE_CHECKING:
     from finaiflow_ops.stack import Stack
 
-__all__ = ["PitrDrillResult", "PitrResult", "drill", "pending", "restore_to"]
+__all__ = ["PitrDrillResult", "PitrResult", "drill", "interrupted", "pending", "restore_to"]
 
 SERVICE = "postgres"
 STATE_FILE = "pitr-restore.json"
@@ -85,6 +85,18 @@ def pending(stack: Stack) -> dict[str, Any] | None:
         return None
     loaded: dict[str, Any] = json.loads(stack.target.read_text(path))
     return loaded
+
+
+def interrupted(stack: Stack) -> str:
+    """What to do about a restore that did not finish ("" when none): for `check`."""
+    left = pending(stack)
+    if not left:
+        return ""
+    again = ("restore --latest" if left["target"] == "latest"
+             else "restore --to-time T (or --before-release N)")
+    what = _resume_hint(left).replace("restore --to-time T or --latest", again)
+    return (f"a point-in-time restore to {left['target']} was interrupted at step {left['phase']!r}; "
+            f"the database stays stopped: {what}")
 
 
 def _save(stack: Stack, state: Mapping[str, Any]) -> None:
