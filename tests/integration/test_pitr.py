@@ -269,7 +269,7 @@ def test_a_restore_killed_half_way_is_resumed_by_the_next_one(stack: Stack, arch
     assert not stack.containers("postgres", all=False)  # stopped, and kept from starting half restored
     checked = project_cli(stack, "--json", "check")  # says what to do
     archive = next(i for i in json.loads(checked.stdout)["items"] if i["name"] == "archive")
-    assert archive["status"] == "fail" and "restore --latest --yes) again" not in archive["detail"]
+    assert archive["status"] == "fail" and "(restore --latest, --yes)" in archive["detail"]
     assert "was interrupted at step 'restoring'" in archive["detail"] and "it resumes" in archive["detail"]
     result = project_cli(stack, "--yes", "restore", "--latest")
     assert result.returncode == 0, result.stderr
