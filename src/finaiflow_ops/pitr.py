@@ -361,6 +361,8 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
     database's. Everything scratch is removed afterwards."""
     import random
 
+    import docker.errors
+
     say = or_quiet(progress)
     repo = Repository(stack)
     info = repo.info()
@@ -395,8 +397,15 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
     try:
         restore = [f"--stanza={STANZA}", f"--set={base.label}", "--type=time", f"--target={_pg_time(at)}",
                    "--target-action=pause", "--archive-mode=off", "restore"]
-        engine.containers.run(image, restore, entrypoint=["pgbackrest"], environment=env, volumes=volumes,
-                              network_mode="none", remove=True, labels=labels)
+        try:
+            engine.containers.run(image, restore, entrypoint=["pgbackrest"], environment=env, volumes=volumes,
+                                  network_mode="none", remove=True, labels=labels)
+        except docker.errors.ContainerError as exc:
+            said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
+            raise RestoreFailed(f"pgbackrest restore into the drill's scratch volume failed (exit "
+                                f"{exc.exit_status}): {stack.redact(said).strip().splitlines()[-1:]}",
+                                hint="the repository volume must be on this engine (a swarm's database "
+                                     "node: run the drill there)") from None
         container = engine.containers.run(image, name=scratch, environment=env, volumes=volumes,
                                           network_mode="none", detach=True, labels=labels)
         scratch_db = Database(stack.target, container.id or scratch, db.user, "postgres",
