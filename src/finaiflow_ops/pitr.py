@@ -402,8 +402,9 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
                                   network_mode="none", remove=True, labels=labels)
         except docker.errors.ContainerError as exc:
             said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
+            last = (stack.redact(said).strip().splitlines() or ["no error output"])[-1]
             raise RestoreFailed(f"pgbackrest restore into the drill's scratch volume failed (exit "
-                                f"{exc.exit_status}): {stack.redact(said).strip().splitlines()[-1:]}",
+                                f"{exc.exit_status}): {last}",
                                 hint="the repository volume must be on this engine (a swarm's database "
                                      "node: run the drill there)") from None
         container = engine.containers.run(image, name=scratch, environment=env, volumes=volumes,
