@@ -221,8 +221,8 @@ def test_a_missing_or_damaged_wal_segment_is_refused_naming_it(stack: Stack, arc
     for _ in range(3):  # segments of the newest timeline only, after the restores' branch points
         closed = switch_wal(db)
     for attempt in polling.attempts(within=60, every=0.3):
-        archived = db.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver", database="postgres")
-        if archived[0][0][8:] >= closed[8:] or attempt.last:
+        done = db.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver", database="postgres")
+        if done[0][0][8:] >= closed[8:] or attempt.last:
             break
     info = Repository(stack).info()
     base = info.base_for(None)
