@@ -203,26 +203,30 @@ def restore_to(stack: Stack, when: datetime | None, *, point: str = "",
                       downtime, bool(left), flushed)
 
 
-def _archive_now(repo: Repository, say: Progress) -> None:
-    """When the database runs: close the current WAL segment and wait (60 s at most) until it is
-    archived, so that what was committed up to now can be reached (`--latest` of a running
-    database, or a time a few seconds ago)."""
+def _archive_now(repo: Repository, say: Progress) -> float | None:
+    """When the database runs: commit a transaction, close the current WAL segment and wait (60 s
+    at most) until it is archived, so that any instant up to now can be reached (`--latest` of a
+    running database, or a time a few seconds ago: replay to T needs a commit after T). When it
+    was archived (epoch seconds), or None."""
     db = repo.database()
     if db is None:
-        return
+        return None
     try:
+        db.psql("SELECT txid_current()", database="postgres")  # a commit record, now
+        flushed = time.time()
         row = db.psql("SELECT pg_walfile_name(pg_switch_wal())", database="postgres")
         closed = row[0][0] if row else ""
         for attempt in polling.attempts(within=60, every=0.3):
             done = db.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
                            database="postgres")
             if done and done[0][0][8:] >= closed[8:]:
-                return
+                return flushed
             if attempt.last:
                 say(f"the current WAL segment {closed} was not archived within 60 s: the restore reaches "
                     "what was archived before")
     except OpsError as exc:
         say(f"could not close the current WAL segment ({exc.message}): the restore reaches what was archived")
+    return None
 
 
 def _pg_time(when: datetime | None) -> str:
@@ -365,12 +369,15 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
 
     say = or_quiet(progress)
     repo = Repository(stack)
+    flushed = _archive_now(repo, say)  # a commit after any instant up to now, archived
     info = repo.info()
     reach = info.reachable()
     if reach is None:
         raise UsageError("the pgBackRest repository holds no physical backup to drill",
                          hint="take one: finaiflow-ops backup physical")
-    low, high = max(reach[0], time.time() - DRILL_WINDOW), reach[1]
+    # Replay to T needs an archived commit after T: before the flush's commit, or (the database
+    # not running) a heartbeat period and a margin before the newest archived segment.
+    low, high = max(reach[0], time.time() - DRILL_WINDOW), (flushed - 1 if flushed else reach[1] - 10)
     if at is None:
         if high < low:
             raise RestoreFailed(f"nothing of the last 24 hours can be reached (reachable: {iso(reach[0])} "

@@ -108,12 +108,15 @@ def missing_segments(wal: Sequence[WalFile], start: str) -> list[str]:
     segment missing on the newest timeline at a position an older timeline also has (the branch
     point of a point-in-time restore); reading timeline history files would tell which one replay
     needs."""
-    have = {w.position for w in wal}
+    have = {w.position: w.segment[:8] for w in sorted(wal, key=lambda w: w.segment)}
     if not have:
         return [start]
     first, last = position(start), max(have)
-    timeline = start[:8]
-    return [f"{timeline}{p // SEGMENTS_PER_LOG:08X}{p % SEGMENTS_PER_LOG:08X}"
+
+    def timeline(p: int) -> str:  # the missing one is named on the timeline of the next one there
+        return next((have[q] for q in range(p + 1, last + 1) if q in have), start[:8])
+
+    return [f"{timeline(p)}{p // SEGMENTS_PER_LOG:08X}{p % SEGMENTS_PER_LOG:08X}"
             for p in range(first, last + 1) if p not in have]
 
 
