@@ -54,8 +54,8 @@ class Load:
             insert = f"INSERT INTO {TABLE} VALUES ({next_id})"  # noqa: S608
             done = subprocess.run(db.argv(["psql", "-U", db.user, "-d", db.name, "-Xq", "-c", insert]),
                                   capture_output=True, text=True, timeout=30, check=False)
-            if done.returncode != 0:
-                self.stopped_by = done.stderr.strip()[-200:]
+            if done.returncode != 0:  # psql killed with its container: exit 137, maybe nothing said
+                self.stopped_by = f"exit {done.returncode}: {done.stderr.strip()[-200:]}"
                 return
             self.acked[next_id] = time.time()
             next_id += 1
