@@ -14,6 +14,13 @@ only ever adds time), and every round is in the report:
   restore  the runbook: `createdb NEWDB`, `pg_restore -d NEWDB` of its own dump, through `docker exec`
            ours: restore into a new database with the file's checksum computed meanwhile,
            then every table's row count compared with the manifest (restore_into, as the drill)
+  physical (pgBackRest, the repository inside the container, as the stack's image configures it:
+           zstd level 1, two processes)
+           backup: `pgbackrest --type=full backup` (checksums every page and file as it copies), then
+           `pgbackrest verify` (reads the whole repository back against its checksums); against the
+           same plain `pg_dump -Fc` (target: at most 0.5x)
+           restore: `pgbackrest restore` into an empty directory, a second postgres started on it
+           (recovery to consistency, promoted), every table counted; against the plain pg_restore
 Informational: `pg_dump -Fd -j2 -Z1` to a directory inside the container (parallel, not streamable).
 """
 
@@ -40,6 +47,9 @@ USER = "finaiflow_user"
 DB = "bench"
 BACKUP_TARGET = 1.0  # our verified backup no slower than the plain dump
 RESTORE_TARGET = 1.2  # our checked restore within 1.2x of the plain pg_restore
+PHYSICAL_TARGET = 0.5  # the verified pgBackRest full backup at most half the plain dump
+RESTORED = "/var/lib/postgresql/restored"  # the physical restore's directory, in the container
+SOCKETS = "/var/run/postgresql/restored"  # its server's socket directory, in the container
 Say = Callable[[str], None]
 
 
@@ -92,7 +102,39 @@ def start_database(name: str, say: Say) -> Database:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} did not accept connections within 90 s")
         time.sleep(0.5)
+    _docker("exec", "-e", f"PGBACKREST_PG1_USER={USER}", name, "pgbackrest", "--stanza=main", "stanza-create")
     return db
+
+
+def _pgbackrest(name: str, *args: str) -> None:
+    _docker("exec", "-e", f"PGBACKREST_PG1_USER={USER}", name, "pgbackrest", "--stanza=main", *args)
+
+
+def physical_backup(name: str) -> tuple[float, float]:
+    """A full pgBackRest backup, then verify: (backup seconds, verify seconds)."""
+    backup_seconds = _timed(lambda: _pgbackrest(name, "--type=full", "--repo1-retention-full=1", "backup"))
+    return backup_seconds, _timed(lambda: _pgbackrest(name, "verify"))
+
+
+def physical_restore(name: str, tables: dict[str, int]) -> None:
+    """The newest backup restored into an empty directory, a postgres started on it, tables counted."""
+    _docker("exec", name, "rm", "-rf", RESTORED)
+    _pgbackrest(name, f"--pg1-path={RESTORED}", "--type=immediate", "--target-action=promote",
+                "--archive-mode=off", "restore")
+    _docker("exec", name, "mkdir", "-p", SOCKETS)
+    _docker("exec", name, "pg_ctl", "-D", RESTORED, "-w", "-t", "600", "-o",
+            f"-p 5433 -c listen_addresses= -c unix_socket_directories={SOCKETS} -c archive_mode=off", "start")
+    try:
+        for table, rows in tables.items():
+            count = f"SELECT count(*) FROM {table}"  # noqa: S608
+            out = subprocess.run(["docker", "exec", name, "psql", "-h", SOCKETS, "-p", "5433", "-U", USER,
+                                  "-d", DB, "-Atc", count], capture_output=True, text=True, check=False)
+            if out.returncode != 0 or int(out.stdout.strip() or -1) != rows:
+                raise RuntimeError(f"the physical restore holds {out.stdout.strip()} rows in {table}, "
+                                   f"not {rows}")
+    finally:
+        _docker("exec", name, "pg_ctl", "-D", RESTORED, "-m", "fast", "-w", "stop")
+        _docker("exec", name, "rm", "-rf", RESTORED)
 
 
 def generate(db: Database, rows: int, say: Say) -> float:
@@ -127,8 +169,19 @@ def run(*, rows: int, rounds: int, say: Say) -> dict[str, Any]:
         restore_base = Side("createdb NEWDB && pg_restore -d NEWDB < the runbook's dump, via docker exec")
         restore_ours = Side("restore into a new database: sha256 of the file restored, "
                             "row counts vs manifest")
+        physical_backup_side = Side("pgbackrest full backup (zstd 1, 2 processes) + pgbackrest verify")
+        physical_restore_side = Side("pgbackrest restore into an empty directory, postgres started on it, "
+                                     "every table counted")
+        tables = db.table_counts()
         base_file, ours_file = work / "baseline.dump", Path()
         for i in range(rounds):
+            say(f"round {i + 1}: pgBackRest full backup and verify")
+            took, verified = physical_backup(name)
+            physical_backup_side.seconds.append(took + verified)
+            physical_backup_side.extra.setdefault("backup_seconds", []).append(took)
+            physical_backup_side.extra.setdefault("verify_seconds", []).append(verified)
+            say(f"round {i + 1}: pgBackRest restore")
+            physical_restore_side.seconds.append(_timed(lambda: physical_restore(name, tables)))
             order = ("base", "ours") if i % 2 == 0 else ("ours", "base")
             for side in order:
                 if side == "base":
@@ -168,6 +221,8 @@ def run(*, rows: int, rounds: int, say: Say) -> dict[str, Any]:
         _docker("exec", name, "rm", "-rf", inside)
         backup_ratio = backup_ours.best / backup_base.best
         restore_ratio = restore_ours.best / restore_base.best
+        physical_ratio = physical_backup_side.best / backup_base.best
+        physical_restore_ratio = physical_restore_side.best / restore_base.best
         return {
             "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
             "database": {"rows": rows, "size_mb": round(data_mb, 1), "tables": 2, "rounds": rounds},
@@ -177,6 +232,14 @@ def run(*, rows: int, rounds: int, say: Say) -> dict[str, Any]:
             "restore": {"baseline": restore_base.report(data_mb), "ours": restore_ours.report(data_mb),
                         "ratio": round(restore_ratio, 3), "target": f"<= {RESTORE_TARGET}",
                         "passed": restore_ratio <= RESTORE_TARGET},
+            "physical_backup": {"baseline": backup_base.report(data_mb),
+                                "ours": physical_backup_side.report(data_mb),
+                                "ratio": round(physical_ratio, 3), "target": f"<= {PHYSICAL_TARGET}",
+                                "passed": physical_ratio <= PHYSICAL_TARGET},
+            "physical_restore": {"baseline": restore_base.report(data_mb),
+                                 "ours": physical_restore_side.report(data_mb),
+                                 "ratio": round(physical_restore_ratio, 3), "target": "(information)",
+                                 "passed": True},
             "informational": {"parallel_directory_dump": parallel.report(data_mb)},
         }
     finally:

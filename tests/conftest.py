@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from finaiflow_ops import envfile, staging
+from finaiflow_ops.backup.pgbackrest import Repository
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
 from tests.alerting_support import SESSION_RECEIVER, Receiver, receiver_settings
@@ -153,6 +154,7 @@ def stack(request: pytest.FixtureRequest, target: Target,
             pytest.fail(f"no stack on {target}; bring it up first (finaiflow-ops stack up)")
         receiver = start_receiver(target, st.project)
         st.up(timeout=300)
+        Repository(st).ensure_stanza()  # as `stack up` does: WAL archived from the start
         prepared = staging.prepare(st)  # what `stack up --staging` does, as nox -s acceptance runs it
     yield st
     if started:

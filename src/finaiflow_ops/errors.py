@@ -14,6 +14,7 @@
     ├── DeployLocked          another deploy holds the lock of this stack                 (exit 1)
     ├── BackupFailed          a backup could not be made; no file of it counts             (exit 1)
     └── RestoreFailed         a restore stopped before the swap; the live database untouched (exit 1)
+        └── ArchiveGap        the WAL archive misses or holds a damaged segment a restore needs
 
 Every error may say where it happened, as fields a caller (or a test) reads instead of parsing the
 message: `service`, `image`, `container`, and `log_tail` (the last lines of the output or log that
@@ -26,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "ArchiveGap",
     "BackupFailed",
     "CertificateRejected",
     "CheckFailed",
@@ -157,3 +159,8 @@ class BackupFailed(OpsError):
 
 class RestoreFailed(OpsError):
     """A restore stopped before the swap: the live database was not touched."""
+
+
+class ArchiveGap(RestoreFailed):
+    """The WAL archive misses a segment (or holds a damaged one) a point-in-time restore needs:
+    refused before anything is changed."""

@@ -331,6 +331,7 @@ def check(
         ("alerts", lambda: _alerts(monitoring())),
         ("alerting", lambda: alerting_check(stack, prometheus())),
         ("backup", lambda: _backup(prometheus(), backup_max_age_hours)),
+        ("archive", lambda: _archive(stack)),
         ("certificate", lambda: _certificate(stack, base(), cert_min_days)),
     ]
     items = []
@@ -482,6 +483,25 @@ def _backup(prom: Prometheus, max_age_hours: float) -> tuple[Status, str]:
     if readable == 0:
         return "fail", "the ops exporter cannot read PROJECT_DIR/backups (docs/monitoring.md: file contract)"
     return "fail", "no verified backup yet: run `finaiflow-ops backup create`"
+
+
+def _archive(stack: Stack) -> tuple[Status, str]:
+    """Continuous WAL archiving (docs/backups.md): fails when segments wait longer than a healthy
+    archiver lets them; warns while the archive command fails but has not been failing that long."""
+    from finaiflow_ops.backup.database import Database
+    from finaiflow_ops.backup.pgbackrest import STUCK_SECONDS, Archiver
+    from finaiflow_ops.pitr import interrupted
+
+    left = interrupted(stack)
+    if left:
+        return "fail", left
+    archiver = Archiver.of(Database.of(stack))
+    if archiver.mode == "off":
+        return "warn", "WAL is not archived (PG_ARCHIVE=off): no point-in-time recovery"
+    if archiver.stuck:
+        return "fail", (f"WAL archiving is stuck: {archiver.describe()}; pg_wal grows until it is fixed "
+                        f"(more than {STUCK_SECONDS:.0f} s; see `finaiflow-ops logs postgres`)")
+    return ("warn" if archiver.failing else "ok"), archiver.describe()
 
 
 def _certificate(stack: Stack, base: str, min_days: float) -> tuple[Status, str]:

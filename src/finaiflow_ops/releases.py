@@ -118,6 +118,10 @@ class Release:
     deployed_at: str = ""
     deployed_by: str = ""
     note: str = ""
+    # The PostgreSQL restore point made just before its migrations ("" when none): the name and
+    # its time (ISO 8601 UTC), so that `restore --before-release N` can bring the cluster back there.
+    restore_point: str = ""
+    restore_point_at: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Release:

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from finaiflow_ops.stack import Stack
 
 __all__ = ["DrillResult", "RestoreResult", "UndoResult", "check_restorable", "drill", "restore",
-           "restore_into", "undo"]
+           "restore_into", "serve_again", "undo"]
 
 _MAX_NAME = 63  # PostgreSQL truncates longer identifiers
 # Deletes the application's cached rows; KEYS is fine for a cache of this size, and atomic.
@@ -236,7 +236,7 @@ def restore(stack: Stack, path: Path, *, directory: Path, identity: Identity | N
         except BaseException:
             drop_database(db, incoming)
             raise
-    flushed = _after_swap(stack, say)
+    flushed = serve_again(stack, say)
     return RestoreResult(str(path), db.name, previous, safety.path, copy.tables, copy.seconds,
                          safety_seconds, swap_seconds, flushed)
 
@@ -253,7 +253,7 @@ def undo(stack: Stack, *, progress: Progress | None = None) -> UndoResult:
     set_aside = _name(db, "undone")
     say(f"swapping: {db.name} becomes {set_aside}, {previous} becomes {db.name}")
     swap_seconds = _swap(db, incoming=previous, outgoing=set_aside)
-    flushed = _after_swap(stack, say)
+    flushed = serve_again(stack, say)
     return UndoResult(db.name, previous, set_aside, swap_seconds, flushed)
 
 
@@ -281,8 +281,9 @@ def _swap(db: Database, *, incoming: str, outgoing: str) -> float:
     return time.monotonic() - clock
 
 
-def _after_swap(stack: Stack, say: Progress) -> int:
-    """Empty the api's Redis cache (rows of the replaced database) and wait for a healthy api."""
+def serve_again(stack: Stack, say: Progress) -> int:
+    """After the database was replaced (a swap, or a point-in-time restore): empty the api's Redis
+    cache (rows of the replaced database) and wait for a healthy api."""
     flushed = 0
     if "redis" in stack.services():
         prefix = stack.env.get("REDIS_CACHE_PREFIX", "finaiflow:cache:")

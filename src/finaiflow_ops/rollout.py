@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from finaiflow_ops import releases
 from finaiflow_ops.backends.protocol import (
@@ -129,6 +130,25 @@ def available_images(stack: Stack, service: str) -> list[str]:
         reverse=True,
     )
     return [tag for i in images for tag in i.tags if tag.rsplit(":", 1)[0] == repository]
+
+
+def restore_point(stack: Stack, service: str, say: Progress) -> tuple[str, str]:
+    """A PostgreSQL restore point just before the migrations (pg_create_restore_point), recorded
+    with the release: `restore --before-release N` brings the cluster back to it (docs/backups.md).
+    ("", "") when the database cannot make one (no WAL archiving); the deploy goes on."""
+    from finaiflow_ops.backup.database import Database
+
+    name = f"finaiflow-before-{service}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    try:
+        db = Database.of(stack)
+        row = db.psql(f"SELECT pg_create_restore_point('{name}'), "
+                      "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                      database="postgres")
+    except OpsError as exc:
+        say(f"no restore point before the migrations: {exc.message}")
+        return "", ""
+    say(f"restore point {name} (restore --before-release reaches it)")
+    return name, row[0][1]
 
 
 def pre_deploy_backup(stack: Stack, say: Progress) -> str | None:
@@ -239,6 +259,7 @@ class _Rollout:
     switched: float | None = None
     previous: Release | None = None
     backup_id: str | None = None
+    restore_point: tuple[str, str] = ("", "")  # name, time: made just before the migrations
     release: Release | None = None
 
     def __post_init__(self) -> None:
@@ -350,6 +371,7 @@ class _Rollout:
         return heads[-1] if db == [heads[-1]] else ""
 
     def _migrate(self, image: str) -> None:
+        self.restore_point = restore_point(self.stack, self.service, self.say)
         self.say(f"running migrations ({' '.join(MIGRATE)}) {self.backend.one_off_where(image)}")
         try:
             self.backend.run_once(self.service, image, MIGRATE)
@@ -412,6 +434,8 @@ class _Rollout:
                 kind,
                 self.previous.id if self.previous else None,
                 note=note,
+                restore_point=self.restore_point[0],
+                restore_point_at=self.restore_point[1],
             ),
         )
 

@@ -1,9 +1,9 @@
 """A new staging made ready the way a first deploy leaves a host.
 
 After `stack up`: a staging certificate from the development CA (TLS checked with verification
-on), a first verified backup, and the daily backup job. `finaiflow-ops stack up --staging`, the
-acceptance session and the test session do this; the checklist itself only reads, so a staging
-that lacks any of it fails the matching item.
+on), a first pgBackRest backup, a first verified backup, and the daily backup job.
+`finaiflow-ops stack up --staging`, the acceptance session and the test session do this; the
+checklist itself only reads, so a staging that lacks any of it fails the matching item.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finaiflow_ops import relay, tls
-from finaiflow_ops.backup import archive, schedule
+from finaiflow_ops.backup import archive, pgbackrest, schedule
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.manifest import manifest_path
 from finaiflow_ops.progress import Progress, or_quiet
@@ -34,6 +34,8 @@ def prepare(stack: Stack, *, progress: Progress | None = None) -> Prepared:
     say = or_quiet(progress)
     say("installing a staging certificate from the development CA")
     tls.install_dev_certificate(stack)
+    say("taking a first pgBackRest backup (point-in-time recovery reaches back to its end)")
+    pgbackrest.Repository(stack).backup("full")
     if stack.target.kind == "ssh":
         return _prepare_on_host(stack, say)
     directory = archive.default_directory(stack)

@@ -8,6 +8,8 @@ Answers GET /metrics in the Prometheus text format. Every scrape reads the facts
   stub_status (connection and request counters, on an internal port);
 - files that finaiflow-ops writes on the host, in the project directory mounted read-only:
   backup manifests (backups/*.json) and the release history (.finaiflow/releases.json);
+- the status files of the pgBackRest repository volume, mounted read-only (status/archived,
+  status/failed, status/backups): WAL archiving and physical backups;
 - free space of the filesystems under the mounted paths (statvfs).
 
 Facts that are absent (no backup yet, no release recorded, nginx down) leave their metrics out
@@ -241,6 +243,48 @@ def release_metrics(history: Path) -> list[Metric]:
     return [_readable("releases", True), info, changed, total]
 
 
+def _status_line(path: Path) -> list[str] | None:
+    """The fields of a one-line status file, None when it is absent; PermissionError propagates."""
+    try:
+        return path.read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        return None
+
+
+def archive_metrics(status_dir: Path) -> list[Metric]:
+    """The pgBackRest repository's status files (written by the postgres image's archive command and
+    by `finaiflow-ops backup physical`): WAL archiving and physical backups (docs/backups.md)."""
+    archived = Metric("finaiflow_wal_last_archived_timestamp_seconds", "gauge",
+                      "When the newest WAL segment reached the pgBackRest repository.")
+    failed = Metric("finaiflow_wal_archive_last_failure_timestamp_seconds", "gauge",
+                    "When the archive command last failed (absent: never).")
+    failures = Metric("finaiflow_wal_archive_failures_total", "counter",
+                      "Failed runs of the archive command.")
+    full = Metric("finaiflow_pgbackrest_last_full_backup_timestamp_seconds", "gauge",
+                  "When the newest full pgBackRest backup ended.")
+    newest = Metric("finaiflow_pgbackrest_last_backup_timestamp_seconds", "gauge",
+                    "When the newest pgBackRest backup (full or differential) ended.")
+    try:
+        done = _status_line(status_dir / "archived")
+        broke = _status_line(status_dir / "failed")
+        backups = _status_line(status_dir / "backups")
+    except OSError:
+        return [_readable("archive", False)]
+    try:
+        if done:
+            archived.add(float(done[0]))
+        if broke:
+            failed.add(float(broke[0]))
+        failures.add(float(broke[1]) if broke else 0.0)
+        if backups:
+            if float(backups[0]) > 0:
+                full.add(float(backups[0]))
+            newest.add(float(backups[1]), type=backups[2])
+    except (IndexError, ValueError):
+        return [_readable("archive", False)]
+    return [_readable("archive", True), archived, failed, failures, full, newest]
+
+
 def disk_metrics(paths: Mapping[str, str]) -> list[Metric]:
     size = Metric("finaiflow_filesystem_size_bytes", "gauge", "Size of the filesystem holding the path.")
     avail = Metric("finaiflow_filesystem_avail_bytes", "gauge",
@@ -269,6 +313,7 @@ class Config:
     domain: str = "localhost"
     disks: Mapping[str, str] = field(default_factory=dict)
     timeout: float = 3.0
+    archive_status: Path = Path("/facts/volumes/pg_archive/status")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -283,6 +328,7 @@ class Config:
             domain=env.get("DOMAIN") or "localhost",
             disks=disks,
             timeout=float(env.get("PROBE_TIMEOUT", "3")),
+            archive_status=Path(env.get("ARCHIVE_STATUS", "/facts/volumes/pg_archive/status")),
         )
 
 
@@ -468,7 +514,8 @@ def collect(cfg: Config, pool: ThreadPoolExecutor) -> str:
                                                       nginx_https_metrics, nginx_status_metrics]
     futures = [pool.submit(p, cfg) for p in probes]
     families = backup_metrics(cfg.project_dir / "backups") + release_metrics(
-        cfg.project_dir / ".finaiflow" / "releases.json") + disk_metrics(cfg.disks)
+        cfg.project_dir / ".finaiflow" / "releases.json") + disk_metrics(cfg.disks) + archive_metrics(
+        cfg.archive_status)
     for f in futures:
         families += f.result()
     return render(merge(families + own_metrics(started)))

@@ -9,6 +9,15 @@ if [ -z "${POSTGRES_PASSWORD:-}" ] && [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
 fi
 : "${POSTGRES_DB:=$POSTGRES_USER}"
 
+# A point-in-time restore (finaiflow-ops restore --to-time|--latest) that was cut short leaves this
+# mark in the repository: the data directory is half restored and must not be started as it is.
+restoring="${PGBACKREST_REPO1_PATH:-/var/lib/pgbackrest}/restore-in-progress"
+if [ "${1:-}" = "postgres" ] && [ -e "$restoring" ]; then
+  echo "postgres: a point-in-time restore was interrupted ($(cat "$restoring" 2>/dev/null)); run it again:" \
+    "finaiflow-ops restore --latest --yes (or --to-time T): it resumes; the data from before it is kept" >&2
+  exit 2
+fi
+
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   if [ -z "${POSTGRES_PASSWORD:-}" ]; then
     echo "postgres: POSTGRES_PASSWORD is not set; set it in .env (finaiflow-ops env generate)" >&2
@@ -29,8 +38,25 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
 
+# Continuous WAL archiving into the pgBackRest repository (docs/backups.md): a segment is closed
+# and archived at least every PG_ARCHIVE_TIMEOUT seconds when anything was written, so at most that
+# much of committed work is only in the cluster's own volume. PG_ARCHIVE=off turns it off.
+# Commit timestamps are kept (track_commit_timestamp) so that a restore can say when the last
+# transaction it holds was committed.
+export PGBACKREST_PG1_USER="$POSTGRES_USER"
+# A repository volume made by an older image: its status/ directory, readable by the ops exporter.
+repo="${PGBACKREST_REPO1_PATH:-/var/lib/pgbackrest}"
+if [ -w "$repo" ]; then
+  chmod 0751 "$repo" && mkdir -p "$repo/status" && chmod 0755 "$repo/status"
+fi
 if [ "$1" = "postgres" ]; then
   shift
-  exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
+  if [ "${PG_ARCHIVE:-on}" = "on" ]; then
+    set -- -c archive_mode=on \
+      -c "archive_command=/usr/local/bin/pgbackrest-archive-wal %p" \
+      -c "archive_timeout=${PG_ARCHIVE_TIMEOUT:-30}" "$@"
+  fi
+  exec postgres -D "$PGDATA" -c listen_addresses='*' -c wal_level=replica \
+    -c track_commit_timestamp=on "$@"
 fi
 exec "$@"

@@ -226,7 +226,7 @@ def test_check_passes_on_the_healthy_stack_with_a_fresh_backup(stack: Stack, bas
     result = ops(stack, "--json", "check", "--url", base_url)
     items = check_items(result)
     assert list(items) == ["services", "health", "metrics", "targets", "rules", "alerts", "alerting",
-                           "backup", "certificate"]
+                           "backup", "archive", "certificate"]
     failing = {name: i["detail"] for name, i in items.items() if i["status"] == "fail"}
     assert result.returncode == 0 and not failing, failing
 

@@ -152,6 +152,10 @@ def test_update_under_load_switches_version_without_a_failed_request(
                 backups.rmdir()
     if stack.target.is_local:
         assert result.release.backup and result.release.backup.endswith(".dump"), result.release
+    # The restore point made just before the migrations, recorded with the release (restore
+    # --before-release N reaches it).
+    assert result.release.restore_point.startswith(f"finaiflow-before-{SERVICE}-"), result.release
+    assert result.release.restore_point_at, result.release
     slow["thread"].join(timeout=30)  # type: ignore[attr-defined]
     assert failures(requests()) == [], f"{len(requests())} requests during the update"
     assert len(requests()) > 100

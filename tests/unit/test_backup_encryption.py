@@ -156,7 +156,8 @@ def test_the_scheduled_backup_encrypts_and_its_prune_is_unchanged() -> None:
     job = Job("/usr/bin/finaiflow-ops", "/opt/finaiflow", "/opt/finaiflow/backups",
               create_options=("--encrypt-to", AGE_KEY, "--encrypt-to", "/etc/finaiflow/recipients.txt",
                               "--copy-to", "ssh://b@vault/srv/b?identity_file=/k/id"))
-    create, prune = job.command().split(" && ")
+    create, physical, prune = job.command().split(" && ")
+    assert physical.endswith("backup physical")  # pgBackRest's repository is on the host, not age-encrypted
     assert create.endswith(f"backup create --encrypt-to {AGE_KEY} --encrypt-to /etc/finaiflow/recipients.txt "
                            "--copy-to 'ssh://b@vault/srv/b?identity_file=/k/id' --dir /opt/finaiflow/backups")
     assert "--encrypt-to" not in prune and "--copy-to" not in prune

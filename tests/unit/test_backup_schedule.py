@@ -23,6 +23,9 @@ def test_cron_entry_runs_backup_then_prune_at_two_with_a_log() -> None:
     command = line.removeprefix("0 2 * * * ")
     assert "backup create --dir /srv/finaiflow/backups && " in command
     assert command.index("backup create") < command.index("backup prune")  # prune only after a backup
+    # the pgBackRest backup (full or differential) after the pg_dump one, before the prune
+    physical = command.index(" backup physical && ")
+    assert command.index("backup create") < physical < command.index("backup prune")
     assert "--yes" in command and "--keep-days 30" in command
     assert command.endswith("; } >>/srv/finaiflow/backups/schedule.log 2>&1")
 
@@ -41,10 +44,11 @@ def test_cron_entry_quotes_paths_and_escapes_percent_signs() -> None:
 def test_the_job_can_copy_each_backup_and_notify_on_failure() -> None:
     job = Job("/opt/ops/bin/finaiflow-ops", "/srv/f", "/srv/f/backups", copy_to="/mnt/offsite",
               notify='echo "$FINAIFLOW_BACKUP_ERROR" | mail -s backup ops@example.org')
-    create, prune = job.command().split(" && ")
-    assert "--copy-to /mnt/offsite" in create and "--copy-to" not in prune
+    create, physical, prune = job.command().split(" && ")
+    assert "--copy-to /mnt/offsite" in create and "--copy-to" not in prune and "--copy-to" not in physical
     hook = shlex.quote('echo "$FINAIFLOW_BACKUP_ERROR" | mail -s backup ops@example.org')
     assert create.endswith(f"--notify {hook}") and prune.endswith(f"--notify {hook}")
+    assert physical.endswith(f"backup physical --notify {hook}")
     with pytest.raises(UsageError, match="copy directory"):
         Job("/usr/bin/finaiflow-ops", "/srv/f", "/srv/f/b", copy_to="offsite")
 
@@ -122,9 +126,9 @@ def test_the_daily_job_hands_ssh_copies_and_keys_to_backup_create(ops: str) -> N
                     encrypt_to=[AGE_KEY])
     assert job.copy_to == ""
     assert job.create_options == ("--encrypt-to", AGE_KEY, "--copy-to", "ssh://vault/srv/b")
-    create, prune = job.command().split(" && ")
+    create, physical, prune = job.command().split(" && ")
     assert f"--encrypt-to {AGE_KEY}" in create and "--copy-to ssh://vault/srv/b" in create
-    assert "--encrypt-to" not in prune
+    assert "--encrypt-to" not in prune and "--encrypt-to" not in physical
 
 
 def test_the_daily_job_copies_to_a_directory_itself(ops: str) -> None:

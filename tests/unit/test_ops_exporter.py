@@ -208,6 +208,33 @@ def test_disk_space_is_reported_per_named_path_and_missing_paths_are_left_out(tm
     assert one(families, "finaiflow_filesystem_size_bytes", mount="gone") is None
 
 
+def test_archive_facts_come_from_the_repository_status_files(tmp_path: Path) -> None:
+    (tmp_path / "archived").write_text("1764900000 000000010000000000000007\n")
+    (tmp_path / "failed").write_text("1764890000 3 000000010000000000000005\n")
+    (tmp_path / "backups").write_text("1764800000 1764850000 diff 20261204-010000F_20261204-020000D\n")
+    families = ox.archive_metrics(tmp_path)
+    assert one(families, "finaiflow_facts_readable", fact="archive") == 1
+    assert one(families, "finaiflow_wal_last_archived_timestamp_seconds") == 1764900000
+    assert one(families, "finaiflow_wal_archive_last_failure_timestamp_seconds") == 1764890000
+    assert one(families, "finaiflow_wal_archive_failures_total") == 3
+    assert one(families, "finaiflow_pgbackrest_last_full_backup_timestamp_seconds") == 1764800000
+    assert one(families, "finaiflow_pgbackrest_last_backup_timestamp_seconds", type="diff") == 1764850000
+
+
+def test_no_archive_status_yet_is_readable_with_no_times(tmp_path: Path) -> None:
+    families = ox.archive_metrics(tmp_path / "status")
+    assert one(families, "finaiflow_facts_readable", fact="archive") == 1
+    assert one(families, "finaiflow_wal_archive_failures_total") == 0
+    assert one(families, "finaiflow_wal_last_archived_timestamp_seconds") is None
+
+
+def test_a_garbled_archive_status_is_unreadable_not_zero(tmp_path: Path) -> None:
+    (tmp_path / "archived").write_text("yesterday\n")
+    families = ox.archive_metrics(tmp_path)
+    assert one(families, "finaiflow_facts_readable", fact="archive") == 0
+    assert one(families, "finaiflow_wal_last_archived_timestamp_seconds") is None
+
+
 def test_configuration_comes_from_the_environment() -> None:
     cfg = ox.Config.from_env({"DISK_PATHS": "project=/facts/project,database=/facts/volumes/pg_data",
                               "DOMAIN": "app.example.org", "PROJECT_DIR": "/p"})

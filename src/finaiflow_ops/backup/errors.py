@@ -3,6 +3,6 @@ for the backup modules and their callers."""
 
 from __future__ import annotations
 
-from finaiflow_ops.errors import BackupFailed, RestoreFailed, StaleBackups, VerifyFailed
+from finaiflow_ops.errors import ArchiveGap, BackupFailed, RestoreFailed, StaleBackups, VerifyFailed
 
-__all__ = ["BackupFailed", "RestoreFailed", "StaleBackups", "VerifyFailed"]
+__all__ = ["ArchiveGap", "BackupFailed", "RestoreFailed", "StaleBackups", "VerifyFailed"]

@@ -33,7 +33,8 @@ _TIME_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
 @dataclass(frozen=True)
 class Job:
-    """The daily job of one stack: back up, then prune, with the output appended to a log."""
+    """The daily job of one stack: the verified pg_dump backup, then the pgBackRest physical backup
+    (full once a week, differential otherwise), then prune, with the output appended to a log."""
 
     executable: str
     project_dir: str
@@ -66,6 +67,7 @@ class Job:
         copy = f" --copy-to {shlex.quote(self.copy_to)}" if self.copy_to else ""
         extra = "".join(f" {shlex.quote(arg)}" for arg in self.create_options)
         return (f"{base} backup create{extra} {where}{copy}{hook} && "
+                f"{base} backup physical{hook} && "
                 f"{base} backup prune {where} --keep-days {self.keep_days}{hook}")
 
     @property

@@ -1,26 +1,29 @@
-"""`finaiflow-ops backup create|verify|list|prune|schedule` and `restore FILE|undo|drill`."""
+"""`finaiflow-ops backup create|verify|list|prune|schedule|physical|archive` and
+`restore FILE|undo|drill`, `restore --to-time T|--latest`."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 import click
 from rich.table import Table
 
-from finaiflow_ops import relay
+from finaiflow_ops import pitr, relay, releases
 from finaiflow_ops import restore as restoring
-from finaiflow_ops.backup import archive, encryption, offsite, retention, schedule
+from finaiflow_ops.backup import archive, encryption, offsite, pgbackrest, retention, schedule
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.encryption import Identity
 from finaiflow_ops.backup.inventory import BackupList, list_backups
 from finaiflow_ops.backup.notify import notify_failure
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress, relayed_args
-from finaiflow_ops.errors import CheckFailed, OpsError
+from finaiflow_ops.errors import CheckFailed, OpsError, UsageError
 from finaiflow_ops.output import err, out
+from finaiflow_ops.pitr import drill as pitr_drill
 
 _DIR_HELP = "The backup directory (default: PROJECT_DIR/backups)."
 
@@ -270,6 +273,52 @@ def _print_schedule(result: schedule.ScheduleStatus, *, show: bool) -> None:
         out.print(result.entry, markup=False)
 
 
+@backup.command("physical")
+@click.option("--type", "kind", type=click.Choice(["auto", "full", "diff", "incr"]), default="auto",
+              show_default=True, help=f"auto: full when the newest full is {pgbackrest.FULL_EVERY_DAYS} days "
+              "old or there is none, else differential.")
+@click.option("--retention-full", type=click.IntRange(1), default=None,
+              help="Full backups to keep (default: the image's PGBACKREST_REPO1_RETENTION_FULL, 2); older "
+                   "ones go with the WAL only they needed.")
+@pass_options
+def backup_physical(opts: Options, kind: pgbackrest.BackupKind, retention_full: int | None) -> None:
+    """A pgBackRest backup of the database cluster into its repository, then pgBackRest's expire."""
+    if opts.target.kind == "ssh":
+        _on_host(opts)
+    made = pgbackrest.Repository(opts.stack).backup(kind, retention_full=retention_full)
+    emit(opts, made, _print_physical)
+
+
+def _print_physical(made: pgbackrest.PhysicalBackup) -> None:
+    out.print(f"pgBackRest {made.type} backup {made.label}: {_mb(made.size)} in the repository, taken in "
+              f"{made.stopped - made.started:.0f} s; WAL from {made.wal_start}")
+
+
+@backup.command("archive")
+@pass_options
+def backup_archive(opts: Options) -> None:
+    """The WAL archive and physical backups: what a point-in-time restore can reach."""
+    if opts.target.kind == "ssh":
+        _on_host(opts)
+    emit(opts, pgbackrest.Repository(opts.stack).info(), _print_archive)
+
+
+def _print_archive(info: pgbackrest.RepoInfo) -> None:
+    table = Table(title=f"pgBackRest repository (stanza {pgbackrest.STANZA}: {info.status})",
+                  title_justify="left")
+    for column in ("backup", "type", "finished", "size", "WAL from"):
+        table.add_column(column)
+    for b in info.backups:
+        table.add_row(b.label, b.type, pgbackrest.iso(b.stopped), _mb(b.size), b.wal_start)
+    out.print(table)
+    newest = info.newest_archived
+    out.print(f"{len(info.wal)} WAL segments archived, the newest at "
+              f"{pgbackrest.iso(newest) if newest else '-'}")
+    reach = info.reachable()
+    out.print(f"a restore can reach: {pgbackrest.iso(reach[0])} to {pgbackrest.iso(reach[1])}" if reach
+              else "a restore can reach: nothing yet (no physical backup: finaiflow-ops backup physical)")
+
+
 # -- restore --------------------------------------------------------------------------------------------
 
 class _RestoreGroup(click.Group):
@@ -283,14 +332,73 @@ class _RestoreGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
-@click.group(cls=_RestoreGroup)
-def restore() -> None:
-    """Restore a backup: `restore FILE`, `restore undo`, `restore drill [FILE]`.
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (2026-12-01T14:59:00Z)") from None
+    if when.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no time zone: add Z (UTC) or an offset (+01:00)")
+    return when.astimezone(UTC)
+
+
+@click.group(cls=_RestoreGroup, invoke_without_command=True)
+@click.option("--to-time", "to_time", default=None, callback=_instant, metavar="ISO8601",
+              help="Bring the database cluster back to this instant (point-in-time recovery).")
+@click.option("--latest", is_flag=True, help="Bring it back to the last archived transaction (after the "
+              "database volume is lost).")
+@click.option("--before-release", "before_release", default=None, metavar="N",
+              help="Bring it back to the restore point a deploy made just before its migrations (release "
+                   "N of --service, as `releases` lists it).")
+@click.option("--service", default="api", show_default=True, help="Whose release --before-release names.")
+@pass_options
+@click.pass_context
+def restore(ctx: click.Context, opts: Options, to_time: datetime | None, latest: bool,
+            before_release: str | None, service: str) -> None:
+    """Restore a backup: `restore FILE`, `restore undo`, `restore drill [FILE]`, or the whole cluster
+    to a point in time: `restore --to-time T` or `restore --latest`.
 
     `restore FILE` restores into a new database while the app keeps serving, checks it against the
     manifest, takes a safety backup, then swaps names in a short window; the replaced database is
-    kept for `restore undo`.
+    kept for `restore undo`. `--to-time`/`--latest` stop the database, keep a copy of its volume,
+    restore from the pgBackRest repository and replay the archived WAL (downtime: it says how long).
     """
+    given = [name for name, value in (("--to-time", to_time), ("--latest", latest),
+                                      ("--before-release", before_release)) if value]
+    if ctx.invoked_subcommand is not None:
+        if given:
+            raise click.UsageError(f"{given[0]} restores the whole cluster: no FILE or subcommand")
+        return
+    if len(given) != 1:
+        raise click.UsageError("give FILE, or one of --to-time T, --latest, --before-release N (see --help)")
+    point, just_before = "", ""
+    if before_release:
+        release = releases.history(opts.stack, service).find(before_release)
+        if not release.restore_point:
+            raise UsageError(f"release {release.label} of {service} has no restore point",
+                             hint="deploys record one before their migrations since PITR came; use --to-time")
+        point, to_time = release.restore_point, datetime.fromisoformat(release.restore_point_at)
+        just_before = f", just before release {release.label} of {service}"
+    what = "the last archived transaction" if latest else f"{to_time:%Y-%m-%dT%H:%M:%SZ}{just_before}"
+    if opts.target.kind == "ssh":
+        _on_host(opts, asks=f"bring the database cluster back to {what}?")
+    opts.confirm(f"stop the database of {opts.stack.project} on {opts.target} and bring it back to {what}? "
+                 "(a copy of its volume is kept)")
+    emit(opts, pitr.restore_to(opts.stack, to_time, point=point, progress=progress), _print_pitr)
+
+
+def _print_pitr(result: pitr.PitrResult) -> None:
+    out.print(f"database restored to {result.target} from pgBackRest backup {result.backup}"
+              f"{' (an interrupted restore, finished)' if result.resumed else ''}: the last transaction it "
+              f"holds was committed at {result.last_transaction or 'an unknown time'}; {result.rows} rows in "
+              f"{len(result.tables)} tables")
+    out.print(f"downtime {result.downtime_seconds:.1f} s (restore and WAL replay "
+              f"{result.restore_seconds:.1f} s); "
+              f"api cache emptied ({result.cache_keys_flushed} keys); "
+              + (f"the data it replaced is kept in the volume {result.safety_copy}" if result.safety_copy
+                 else "there was no data volume to keep"))
 
 
 @restore.command("file", hidden=True)
@@ -336,14 +444,35 @@ def _print_undone(result: restoring.UndoResult) -> None:
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @click.option("--dir", "directory", default=None, help=_DIR_HELP)
 @click.option("--identity", type=click.Path(path_type=Path), default=None, help=_IDENTITY_HELP)
+@click.option("--pitr", is_flag=True, help="A point-in-time drill: a random instant of the last 24 hours "
+              "restored from the pgBackRest repository into a scratch container, compared with the "
+              "database's heartbeat rows of that instant.")
+@click.option("--at", "at", default=None, callback=_instant, metavar="ISO8601",
+              help="With --pitr: this instant instead of a random one.")
 @pass_options
-def restore_drill(opts: Options, file: Path | None, directory: str | None, identity: Path | None) -> None:
-    """Restore FILE (default: the newest verified backup) into a scratch database, compare, drop it."""
+def restore_drill(opts: Options, file: Path | None, directory: str | None, identity: Path | None,
+                  pitr: bool, at: datetime | None) -> None:
+    """Restore FILE (default: the newest verified backup) into a scratch database, compare, drop it;
+    or, with --pitr, an instant of the last 24 hours into a scratch container."""
+    if pitr or at:
+        if file or identity or directory:
+            raise click.UsageError("--pitr drills the pgBackRest repository: no FILE, --dir or --identity")
+        if opts.target.kind == "ssh":
+            _on_host(opts)
+        emit(opts, pitr_drill(opts.stack, at, progress=progress), _print_pitr_drill)
+        return
     # A named FILE on this machine needs no directory: its own is used.
     local_file = file is not None and (opts.target.is_local or file.exists())
     where = file.resolve().parent if file and local_file and not directory else _directory(opts, directory)
     emit(opts, restoring.drill(Database.of(opts.stack), file.resolve() if file else None, directory=where,
                                identity=_identity(identity), progress=progress), _print_drill)
+
+
+def _print_pitr_drill(result: pitr.PitrDrillResult) -> None:
+    out.print(f"point-in-time drill passed: {result.target} restored from pgBackRest backup {result.backup} "
+              f"into a scratch container in {result.seconds:.1f} s; its {result.heartbeats} heartbeat rows "
+              f"up to then (the newest at {result.last_heartbeat}) match the live database's; "
+              "scratch removed")
 
 
 def _print_drill(result: restoring.DrillResult) -> None:

@@ -22,7 +22,8 @@ _COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
               type=click.FloatRange(min=0), help="Days the served certificate must still be valid.")
 @pass_options
 def check(opts: Options, url: str | None, max_backup_age: float, min_cert_days: float) -> None:
-    """Verify the deployment: services, /health, metrics, targets, alerts, backup age, certificate.
+    """Verify the deployment: services, /health, metrics, targets, alerts, backup age, WAL archiving,
+    certificate.
 
     Exits 1 naming every failing item; warnings are shown and do not fail.
     """

@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from finaiflow_ops.backends.protocol import Requested
+from finaiflow_ops.backup import pgbackrest
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.errors import CheckFailed
 from finaiflow_ops.output import err, out
@@ -27,9 +28,13 @@ def stack() -> None:
               help="compose or swarm; auto: what the target runs already, else swarm on a swarm manager.")
 @pass_options
 def stack_up(opts: Options, timeout: float, staging: bool, backend: Requested) -> None:
-    """Start the stack (migrations first) and wait until every service is healthy."""
+    """Start the stack (migrations first) and wait until every service is healthy; then the
+    pgBackRest stanza that the database's WAL is archived into."""
     stack = replace(opts.stack, backend=backend)
     status = stack.up(timeout=timeout, progress=progress)
+    if "postgres" in stack.services():
+        progress("creating the pgBackRest stanza (continuous WAL archiving; docs/backups.md)")
+        pgbackrest.Repository(stack).ensure_stanza()
     if staging:
         from finaiflow_ops import staging as staging_setup
 
