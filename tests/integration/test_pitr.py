@@ -159,7 +159,11 @@ def archived(stack: Stack) -> Iterator[Archived]:
         ids = ids_of(Database.of(stack))
         yield Archived(load, killed_at, ids)
     finally:
-        stack.compose("up", "--detach", "--no-build", "--pull", "never", timeout=300)
+        # Only what this fixture removed: a plain `compose up` of every service would also converge
+        # the api, whose warm standby (a deploy's, in the same session) compose may keep instead
+        # of the serving containers (docs/rollout.md).
+        stack.compose("up", "--detach", "--no-deps", "--no-build", "--pull", "never", "postgres",
+                      "ops-exporter", timeout=300)
         Database.of(stack).psql(f"DROP TABLE IF EXISTS {TABLE}")
         for volume in safety_copies() - copies:
             docker("volume", "rm", volume, check=False)

@@ -14,6 +14,7 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from finaiflow_ops import polling
 from finaiflow_ops.errors import CheckFailed, TargetUnreachable
 from finaiflow_ops.hardening.base import (
     WITH_SBIN,
@@ -216,14 +217,24 @@ def _new_login_fails(ctx: Context) -> str:
     algorithms and authenticates under the new rules."""
     if ctx.target.kind != "ssh":
         return ""
-    probe = Target.parse(ctx.target.url)
-    try:
-        probe.run("true", timeout=30)
-    except TargetUnreachable as exc:
-        return exc.message
-    finally:
-        probe.close()
-    return ""
+    why = ""
+    # sshd re-executes itself on reload: a connection in that instant is reset or refused, which
+    # says nothing about the new settings; a refused key or algorithm does not change on retry.
+    for _ in polling.attempts(within=10, every=1):
+        probe = Target.parse(ctx.target.url)
+        try:
+            probe.run("true", timeout=30)
+            return ""
+        except TargetUnreachable as exc:
+            why = exc.message
+            if not any(word in why for word in _TRANSIENT):
+                return why
+        finally:
+            probe.close()
+    return why
+
+
+_TRANSIENT = ("Connection reset", "Connection refused", "Connection closed", "kex_exchange_identification")
 
 
 def _would_lock_out(ctx: Context) -> str:

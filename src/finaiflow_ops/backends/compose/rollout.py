@@ -323,12 +323,7 @@ class ComposeRollout:
                 lambda: self.switch_to(serving, old_image),
                 switches=True,
             ),
-            Step(
-                "drain",
-                f"wait until the old nginx workers have finished their requests (at most "
-                f"{self.drain_timeout:.0f} s)",
-                self.drain_switched,
-            ),
+            self._drain_step(),
             self._retire_or_keep(roll, serving),
         ]
 
@@ -412,12 +407,7 @@ class ComposeRollout:
                 lambda: self.switch_to(serving, serving[0].image if serving else ""),
                 switches=True,
             ),
-            Step(
-                "drain",
-                f"wait until the old nginx workers have finished their requests (at most "
-                f"{self.drain_timeout:.0f} s)",
-                self.drain_switched,
-            ),
+            self._drain_step(),
             Step(
                 "retire",
                 f"stop {names(serving) or 'nothing'} (SIGTERM, up to {self.spec.grace:.0f} s each), remove "
@@ -623,6 +613,14 @@ class ComposeRollout:
     def sleep_until_clients_reconnected(self) -> None:
         """The health gate usually took longer than KEEPALIVE_LEAD already; otherwise wait the rest."""
         time.sleep(max(0.0, KEEPALIVE_LEAD - (time.monotonic() - self.closing_since)))
+
+    def _drain_step(self) -> Step:
+        return Step(
+            "drain",
+            f"wait until the old nginx workers have finished their requests (at most "
+            f"{self.drain_timeout:.0f} s)",
+            self.drain_switched,
+        )
 
     def drain_switched(self) -> None:
         """The drain after the switch; then clients may keep their connections again."""
