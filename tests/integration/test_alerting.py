@@ -205,7 +205,9 @@ def test_deploy_with_silence_suppresses_alerts_during_the_deploy_only(stack: Sta
              "annotations": {"summary": "sent by the deploy --silence test"}}
     before = {s.id for s in am.silences()}
     deploy = subprocess.Popen([sys.executable, "-m", "finaiflow_ops.cli", "--project-dir", stack.project_dir,
-                               "deploy", "api", "--image", running[0], "--no-backup", "--silence"],
+                               "deploy", "api", "--image", running[0], "--no-backup", "--silence",
+                               # no warm standby left behind for the session's later tests
+                               "--standby", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 60
