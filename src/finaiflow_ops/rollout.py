@@ -25,6 +25,7 @@ does not know: that case is detected, and needs a confirmation).
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from finaiflow_ops.backends.protocol import (
     Settings,
     Step,
 )
-from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError, UsageError
+from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError, TargetUnreachable, UsageError
 from finaiflow_ops.images import (
     image_id,
     image_revisions,
@@ -144,6 +145,8 @@ def restore_point(stack: Stack, service: str, say: Progress) -> tuple[str, str]:
         row = db.psql(f"SELECT pg_create_restore_point('{name}'), "
                       "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
                       database="postgres")
+    except TargetUnreachable:
+        raise
     except OpsError as exc:
         say(f"no restore point before the migrations: {exc.message}")
         return "", ""
@@ -261,6 +264,7 @@ class _Rollout:
     backup_id: str | None = None
     restore_point: tuple[str, str] = ("", "")  # name, time: made just before the migrations
     release: Release | None = None
+    background: list[Callable[[], None]] = field(default_factory=list)  # waits for work started beside
 
     def __post_init__(self) -> None:
         self.stack = replace(self.stack)  # fresh caches: .env and the compose config change under us
@@ -354,6 +358,7 @@ class _Rollout:
             finally:
                 pool.shutdown(wait=True)
 
+        self.background.append(wait)
         where = self.backend.one_off_where(image)
         return Step("migrate", f"run `{' '.join(MIGRATE)}` {where}, beside the start of the new containers "
                     f"(the database is at {head}, the head {image} migrated it to: a no-op)", start), wait
@@ -452,8 +457,18 @@ class _Rollout:
                 if step.switches:
                     self.switched = self.elapsed()
                     self.say(f"traffic on {image} after {self.switched:.1f} s")
+        except BaseException:
+            self._settle_background()
+            raise
         finally:
             self.service_rollout.close()
+
+    def _settle_background(self) -> None:
+        """A step failed: what ran beside it ends before the failure is reported (its own error,
+        if any, is secondary: the step's is the one the operator acts on)."""
+        for wait in self.background:
+            with contextlib.suppress(Exception):
+                wait()
 
     def _count(self, phase: str, seconds: float) -> None:
         if not phase:
