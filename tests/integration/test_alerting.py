@@ -4,10 +4,11 @@ alert there, with Alertmanager's group wait and interval shortened through the .
 operator has too). The production rules keep their `for:` windows: a stopped Redis pages after
 a minute and a scrape or two, not in seconds.
 
-The slow waits are shared: while RedisUnreachable waits out its minute, `alert test` is run
-against the receiver (ok) and against a throwaway Alertmanager whose receivers answer 500 or
-refuse the connection (exit 1) -- a failed notification in the session's Alertmanager would fail
-`check` for an hour -- and the Watchdog's heartbeat is looked for.
+The slow waits are shared: while RedisUnreachable waits out its minute, `check` is seen naming
+Redis, `alert test` is run against the receiver (ok) and against a throwaway Alertmanager whose
+receivers answer 500 or refuse the connection (exit 1) -- a failed notification in the session's
+Alertmanager would fail `check` for an hour -- and the Watchdog's heartbeat is looked for.
+(Redis and the api cannot be stopped together: RedisUnreachable is what the api's /health says.)
 """
 
 from __future__ import annotations
@@ -133,11 +134,23 @@ def diagnose(stack: Stack, receiver: Receiver) -> str:
 # -- the tests -------------------------------------------------------------------------------------------
 
 
+def check_names_redis(stack: Stack, base_url: str) -> None:
+    """`check` with Redis stopped: exit 1, the services and health items name Redis, so does the
+    last line."""
+    result = ops(stack, "--json", "check", "--url", base_url)
+    items = {item["name"]: item for item in json.loads(result.stdout)["items"]}
+    assert result.returncode == 1, result.stderr
+    assert items["services"]["status"] == "fail" and "redis (Redis)" in items["services"]["detail"], items
+    assert items["health"]["status"] == "fail" and "cache (Redis) error" in items["health"]["detail"], items
+    assert "Redis" in result.stderr.strip().splitlines()[-1]
+
+
 def test_redis_stopped_pages_within_two_minutes_and_its_return_resolves(
-        stack: Stack, receiver: Receiver, tmp_path: Path) -> None:
+        stack: Stack, receiver: Receiver, tmp_path: Path, base_url: str) -> None:
     stopped = time.time()
     stack.compose("stop", "redis")
     try:
+        check_names_redis(stack, base_url)
         # RedisUnreachable's minute: the other deliveries are checked meanwhile.
         heartbeat = receiver.wait(lambda: receiver.notifications("/heartbeat", "Watchdog"), timeout=30,
                                   what="the Watchdog's heartbeat", context=lambda: diagnose(stack, receiver))
@@ -152,6 +165,7 @@ def test_redis_stopped_pages_within_two_minutes_and_its_return_resolves(
         print(f"RedisUnreachable notification received {fired_after:.1f} s after Redis was stopped")
         assert fired_after < 120
         assert fired["body"]["receiver"] == "paging"
+        assert not receiver.notifications("/page", "DatabaseUnreachable", since=stopped)
     finally:
         stack.compose("start", "redis")
         back = time.time()
@@ -178,6 +192,7 @@ def test_api_stopped_pages_api_down_and_inhibits_its_latency_alert(stack: Stack,
                                                             status="firing"),
                              timeout=150, what="ApiDown (firing) on the paging webhook")
         print(f"ApiDown notification received {down['at'] - stopped:.1f} s after the api was stopped")
+        assert down["at"] - stopped < 120
         sent = time.time()
         am.post([latency | {"startsAt": stamp(sent)}, control | {"startsAt": stamp(sent)}])
         receiver.wait(lambda: receiver.notifications("/ticket", "InhibitionControl", since=sent),

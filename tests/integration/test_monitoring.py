@@ -3,18 +3,15 @@ dashboard query, `check`, the Redis alert firing, and `logs`."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +20,14 @@ import pytest
 
 from finaiflow_ops import backup, logs, monitoring, releases
 from finaiflow_ops.backup.manifest import manifest_path
-from finaiflow_ops.errors import CommandFailed
 from finaiflow_ops.health import wait_healthy, wait_http
 from finaiflow_ops.monitoring import Prometheus
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.tls.check import served_certificate
-from tests.integration.test_stack import cli, wait_for
+from tests.integration.test_stack import cli
 
 pytestmark = pytest.mark.integration
 DASHBOARDS = sorted((Path(__file__).resolve().parents[2] / "stack" / "grafana" / "dashboards").glob("*.json"))
-FAST_WINDOW = "4s"  # the test Prometheus' `for:` windows; production keeps its minutes
 
 
 def ops(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -240,89 +235,6 @@ def test_check_and_logs_give_one_clear_error_for_bad_input_or_no_engine(stack: S
     assert "no service 'no-such-service'" in unknown.stderr.strip().splitlines()[-1]
     since = ops(stack, "logs", "--since", "yesterday")
     assert since.returncode == 2 and "neither a duration nor a time" in since.stderr
-
-
-# -- Redis stopped: check names it, and the alert fires in a Prometheus with short windows ----------------
-
-
-def _files(container: Any, directory: str) -> dict[str, str]:
-    code, out = container.exec_run(["sh", "-c", f'for f in {directory}/*.yml; do printf "%s\\0" "$f"; '
-                                               'cat "$f"; printf "\\0"; done'])
-    assert code == 0, out
-    parts = out.decode().split("\0")
-    return {Path(parts[i]).name: parts[i + 1] for i in range(0, len(parts) - 1, 2)}
-
-
-def _tar(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-@contextmanager
-def fast_prometheus(stack: Stack) -> Iterator[Prometheus]:
-    """A second Prometheus in the stack's network, from the stack's own image, configuration and
-    rules, with only the scrape/evaluation intervals (2 s) and the `for:` windows shortened."""
-    production = stack.container("prometheus")
-    config = _files(production, "/etc/prometheus")["prometheus.yml"]
-    config = re.sub(r"(scrape_interval|evaluation_interval|scrape_timeout): \S+", r"\1: 2s", config)
-    config = config.replace("/etc/prometheus/rules/", "/etc/prometheus/fast-rules/")
-    rules = {f"fast-rules/{name}": re.sub(r"^(\s+for:\s*)\S+", rf"\g<1>{FAST_WINDOW}", text, flags=re.M)
-             for name, text in _files(production, "/etc/prometheus/rules").items()}
-    container = stack.target.docker().containers.create(
-        production.attrs["Image"], name=f"{stack.project}-prometheus-fast-test-{uuid.uuid4().hex[:6]}",
-        entrypoint=["prometheus", "--config.file=/etc/prometheus/fast.yml",
-                    "--storage.tsdb.path=/prometheus"],
-        network=next(iter(production.attrs["NetworkSettings"]["Networks"])),
-        labels={"finaiflow.test": "fast-prometheus"})
-    try:
-        container.put_archive("/etc/prometheus", _tar({"fast.yml": config, **rules}))
-        container.start()
-        fast = Prometheus(container, name="the test's fast Prometheus")
-        deadline = time.monotonic() + 30
-        while True:
-            with suppress(CommandFailed):
-                if fast.value('min(finaiflow_dependency_up{job="ops"})') == 1:
-                    break
-            assert time.monotonic() < deadline, "the fast Prometheus never saw the dependencies up"
-            time.sleep(1)
-        yield fast
-    finally:
-        container.remove(force=True)
-
-
-@pytest.mark.destructive
-def test_stopping_redis_fails_check_naming_redis_and_fires_the_alert(stack: Stack, base_url: str) -> None:
-    with fast_prometheus(stack) as fast:
-        windows = {r.name: r.for_seconds for r in fast.rules()}
-        assert windows["RedisUnreachable"] == 4, windows
-        stack.compose("stop", "redis")
-        stopped = time.monotonic()
-        try:
-            result = ops(stack, "--json", "check", "--url", base_url)
-            items = check_items(result)
-            assert result.returncode == 1
-            assert items["services"]["status"] == "fail" and "redis (Redis)" in items["services"]["detail"]
-            assert items["health"]["status"] == "fail" and "cache (Redis) error" in items["health"]["detail"]
-            assert "Redis" in result.stderr.strip().splitlines()[-1]
-
-            def firing() -> set[str]:
-                return {a.name for a in fast.alerts() if a.state == "firing"}
-
-            wait_for(lambda: "RedisUnreachable" in firing(), timeout=45, what="RedisUnreachable firing")
-            fired_after = time.monotonic() - stopped
-            assert "DatabaseUnreachable" not in firing()
-            print(f"RedisUnreachable fired {fired_after:.1f} s after Redis stopped (for: {FAST_WINDOW})")
-        finally:
-            stack.compose("start", "redis")
-            wait_healthy(stack, services=["redis", "api"], timeout=90)
-    ok = ops(stack, "--json", "check", "--url", base_url)
-    assert check_items(ok)["health"]["status"] == "ok", ok.stdout
 
 
 # -- logs ------------------------------------------------------------------------------------------------
