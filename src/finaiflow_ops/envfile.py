@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EnvFile",
     "Finding",
+    "alert_receivers",
     "check",
     "generate",
     "load",
@@ -53,8 +54,20 @@ ALERT_SMTP_KEYS = ("ALERT_SMTP_HOST", "ALERT_SMTP_FROM", "ALERT_SMTP_TO", "ALERT
                    "ALERT_SMTP_PASSWORD")
 ALERT_INTERVAL_KEYS = ("ALERT_GROUP_WAIT", "ALERT_GROUP_INTERVAL", "ALERT_REPEAT_INTERVAL",
                        "ALERT_HEARTBEAT_INTERVAL")
-ALERT_KEYS = ALERT_URL_KEYS + ALERT_SMTP_KEYS + ALERT_INTERVAL_KEYS
+ALERT_RECEIVER_KEYS = ALERT_URL_KEYS + ALERT_SMTP_KEYS
+ALERT_KEYS = ALERT_RECEIVER_KEYS + ALERT_INTERVAL_KEYS
 _DURATION_RE = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")  # Alertmanager's (Prometheus') durations
+_ALERT_KEY_RE = re.compile(r"\bALERT_[A-Z_]+\b")
+# What to do about a receiver setting that alert_receivers() refuses.
+_URL_HINT = "give the receiver's full http:// or https:// URL"
+_RECEIVER_HINTS = {
+    "ALERT_WEBHOOK_URL": "give the paging receiver's full http:// or https:// URL",
+    "ALERT_WARNING_WEBHOOK_URL": _URL_HINT, "ALERT_HEARTBEAT_URL": _URL_HINT,
+    "ALERT_SMTP_HOST": "give the mail server's host and port",
+    "ALERT_SMTP_FROM": "give the sender's e-mail address",
+    "ALERT_SMTP_TO": "give the recipient's e-mail address",
+    "ALERT_SMTP_PASSWORD": "give the SMTP password with the username",
+}
 
 SECRET_KEY_MIN_LEN = 32
 SECRET_KEY_MIN_BITS = 128.0
@@ -463,6 +476,29 @@ def generate(
         "PROMETHEUS_PORT": str(prometheus_port),
         "COMPOSE_PROJECT_NAME": project_name,
     }
+
+
+def alert_receivers(settings: Mapping[str, str], *, name: Callable[[str], str] = str) -> dict[str, str]:
+    """Alert receiver settings (ALERT_RECEIVER_KEYS) to add to a generated .env, in a stable order.
+
+    They must pass the rules `check` applies to them: the first problem is a UsageError in which
+    each key is called name(key) (the CLI passes its option names). No value is ever in it: the
+    webhook URLs carry tokens, like the password.
+    """
+    unknown = sorted(set(settings) - set(ALERT_RECEIVER_KEYS))
+    if unknown:
+        raise UsageError(f"not an alert receiver setting: {', '.join(unknown)}",
+                         hint=f"use {', '.join(ALERT_RECEIVER_KEYS)}")
+    for key, value in settings.items():
+        if not value.strip():
+            # An unset shell variable expands to "": say so rather than write a .env without the receiver.
+            raise UsageError(f"{name(key)} is empty", hint="give a value or leave it out")
+    problems = _alerting_problems(settings)
+    if problems:
+        key, problem = problems[0]
+        message = _ALERT_KEY_RE.sub(lambda m: name(m[0]) if m[0] in ALERT_KEYS else m[0], f"{key} {problem}")
+        raise UsageError(message, hint=_RECEIVER_HINTS.get(key))
+    return {key: settings[key] for key in ALERT_RECEIVER_KEYS if key in settings}
 
 
 def _strong_token(nbytes: int) -> str:

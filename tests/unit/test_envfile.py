@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from finaiflow_ops.envfile import EnvFile, Finding, check, generate, load, parse, redact, render, write
+from finaiflow_ops.envfile import (
+    EnvFile,
+    Finding,
+    alert_receivers,
+    check,
+    generate,
+    load,
+    parse,
+    redact,
+    render,
+    write,
+)
 from finaiflow_ops.errors import EnvFileError, UsageError
 
 RUNBOOK_ENV = """\
@@ -396,6 +407,73 @@ def test_generate_hosts_and_origins() -> None:
 def test_generate_rejects_bad_input(kwargs: dict[str, object], fragment: str) -> None:
     with pytest.raises(UsageError, match=fragment):
         generate(**kwargs)  # type: ignore[arg-type]
+
+
+RECEIVERS = {
+    "ALERT_WEBHOOK_URL": "https://hooks.example.org/services/T0/B0/pageTok3n",
+    "ALERT_WARNING_WEBHOOK_URL": "http://tickets.internal:8080/hook/ticketTok3n",
+    "ALERT_HEARTBEAT_URL": "https://hc-ping.example.org/beatTok3n",
+    "ALERT_SMTP_HOST": "smtp.example.org:587", "ALERT_SMTP_FROM": "alertmanager@example.org",
+    "ALERT_SMTP_TO": "ops@example.org", "ALERT_SMTP_USERNAME": "am", "ALERT_SMTP_PASSWORD": "pw-Xk4mQ9vT2pLw",
+}
+
+
+def test_generate_writes_no_alert_keys_of_its_own() -> None:
+    # Receivers are added by alert_receivers() (the CLI) or a caller's own dict (tests/conftest.py).
+    assert not [key for key in generate() if key.startswith("ALERT_")]
+
+
+def test_alert_receivers_go_into_a_generated_env_that_passes_check(tmp_path: Path) -> None:
+    given = dict(reversed(RECEIVERS.items()))
+    receivers = alert_receivers(given)
+    assert receivers == RECEIVERS and list(receivers) == list(RECEIVERS)  # the .env keys' order
+    write(tmp_path / ".env", generate(domain="app.finaiflow.io") | receivers)
+    loaded = load(tmp_path / ".env")
+    assert {key: loaded.values[key] for key in RECEIVERS} == RECEIVERS
+    assert check(loaded) == []
+    assert alert_receivers({"ALERT_WEBHOOK_URL": RECEIVERS["ALERT_WEBHOOK_URL"]}) == {
+        "ALERT_WEBHOOK_URL": RECEIVERS["ALERT_WEBHOOK_URL"]}
+    assert alert_receivers({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"ALERT_WEBHOOK_URL": "ftp://hooks.example.org/pageTok3n"},
+         "ALERT_WEBHOOK_URL is not an http(s) URL"),
+        ({"ALERT_WEBHOOK_URL": "https:///pageTok3n"}, "ALERT_WEBHOOK_URL is not an http(s) URL"),
+        ({"ALERT_WEBHOOK_URL": "https://ok.example.org/x", "ALERT_HEARTBEAT_URL": "hc-ping/beatTok3n"},
+         "ALERT_HEARTBEAT_URL is not an http(s) URL"),
+        ({"ALERT_WARNING_WEBHOOK_URL": "https://tickets.example.org/ticketTok3n"},
+         "ALERT_WEBHOOK_URL missing while ALERT_WARNING_WEBHOOK_URL is set"),
+        ({"ALERT_SMTP_HOST": "smtp.example.org", "ALERT_SMTP_FROM": "a@example.org",
+          "ALERT_SMTP_TO": "b@example.org"}, "ALERT_SMTP_HOST must be host:port"),
+        ({"ALERT_SMTP_HOST": "smtp.example.org:587", "ALERT_SMTP_TO": "b@example.org"},
+         "ALERT_SMTP_FROM missing or not an e-mail address"),
+        ({"ALERT_SMTP_HOST": "smtp.example.org:587", "ALERT_SMTP_FROM": "a@example.org",
+          "ALERT_SMTP_TO": "b@example.org", "ALERT_SMTP_USERNAME": "am"},
+         "ALERT_SMTP_PASSWORD missing while ALERT_SMTP_USERNAME is set"),
+        ({"ALERT_SMTP_TO": "b@example.org"}, "ALERT_SMTP_HOST missing while ALERT_SMTP_TO is set"),
+        ({"ALERT_HEARTBEAT_URL": " "}, "ALERT_HEARTBEAT_URL is empty"),
+        ({"ALERT_GROUP_WAIT": "5s"}, "not an alert receiver setting: ALERT_GROUP_WAIT"),
+    ],
+)
+def test_alert_receivers_refuses_what_check_finds_and_never_shows_the_value(settings: dict[str, str],
+                                                                            says: str) -> None:
+    with pytest.raises(UsageError) as info:
+        alert_receivers(settings)
+    text = f"{info.value.message} {info.value.hint}"
+    assert says in text, text
+    assert "Tok3n" not in text
+    assert info.value.hint
+
+
+def test_alert_receivers_name_each_key_as_the_caller_does() -> None:
+    settings = {"ALERT_SMTP_HOST": "smtp.example.org:587", "ALERT_SMTP_TO": "b@example.org"}
+    with pytest.raises(UsageError) as info:
+        alert_receivers(settings, name=lambda key: f"--{key.lower()}")
+    assert info.value.message == ("--alert_smtp_from missing or not an e-mail address "
+                                  "(--alert_smtp_host is set)")
 
 
 def test_generate_rejects_a_plain_string_for_extra_hosts() -> None:
