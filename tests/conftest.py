@@ -9,11 +9,11 @@ stack/ made for the session (its .env, backups and state files go there and away
 a stack of the reference project already runs on the engine: that one is tested from where it
 was started. `--project-dir stack` tests the repository's own stack/ as it is.
 
-Under pytest-xdist (`nox -s tests` runs `-n 2 --dist loadgroup`), the two parts of the suite that
+Under pytest-xdist (`nox -s tests` runs `-n 3 --dist loadgroup`), the parts of the suite that
 share nothing at run time run side by side, each in one worker, in order: the session's stack and
-everything on it; and the rest, the VPS containers (127.0.0.2, the hardening VPS) and the swarms
-(engines in containers of their own, reached through DOCKER_HOST). The unit tests go to whichever
-worker is free.
+everything on it; the VPS containers (127.0.0.2, the hardening VPS); the swarms (engines in
+containers of their own, reached through DOCKER_HOST); the alerting tests on their own stack. The
+unit tests go to whichever worker is free.
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ _WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 
 
 # The worker groups (see above), by test module name; the other integration and acceptance tests
-# are the "stack" group. None of the grouped modules uses the session's stack.
-# Swarms and VPSes share one worker: three Docker-heavy workers on 2 cores starved the swarm's api
-# tasks (restarted by their health checks, a critical alert in the swarm `check`).
+# are the "stack" group. None of the grouped modules uses the session's stack. Three workers run
+# the four groups: the stack's; the VPSes'; the swarms'; and the alerting tests, on a stack of
+# their own (test_alerting.py), which mostly wait out their alerts' minutes and go to the first
+# worker free (xdist hands the groups out largest first).
 RUN_GROUPS = {
-    "elsewhere": ("test_hardening_vps.py", "test_remote_operator_flow.py", "test_remote_vps.py",
-                  "test_swarm.py", "test_swarm_multinode.py"),
+    "vps": ("test_hardening_vps.py", "test_remote_operator_flow.py", "test_remote_vps.py"),
+    "swarm": ("test_swarm.py", "test_swarm_multinode.py"),
+    "alerting": ("test_alerting.py",),
 }
 # Integration tests that need the engine and the images but no stack: anywhere, as the unit tests.
 ANYWHERE = ("test_monitoring_rules.py", "test_alerting_config.py")
@@ -166,16 +168,16 @@ def stack(request: pytest.FixtureRequest, target: Target,
             shutil.rmtree(copy)
 
 
-def start_receiver(target: Target, project: str) -> Receiver:
+def start_receiver(target: Target, project: str, name: str = SESSION_RECEIVER) -> Receiver:
     """The session's alert receiver, on the stack's network before the stack starts: Alertmanager's
     first heartbeat must not fail (a failed notification fails `check` for an hour). The network is
     made as compose makes it (its labels), so that compose takes it as its own, and removes it."""
-    name = f"{project}_default"
+    network = f"{project}_default"
     client = target.docker()
-    if not client.networks.list(names=[name]):
-        client.networks.create(name, driver="bridge", labels={"com.docker.compose.network": "default",
-                                                              "com.docker.compose.project": project})
-    return Receiver.start(name, name=SESSION_RECEIVER)
+    if not client.networks.list(names=[network]):
+        client.networks.create(network, driver="bridge", labels={"com.docker.compose.network": "default",
+                                                                 "com.docker.compose.project": project})
+    return Receiver.start(network, name=name)
 
 
 @pytest.fixture(scope="session")

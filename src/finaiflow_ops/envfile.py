@@ -84,7 +84,7 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cache", ("REDIS_PASSWORD", "REDIS_URL")),
     ("domain", ("DOMAIN", "ALLOWED_HOSTS", "CORS_ORIGINS")),
     ("stack", ("NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST",
-               "PROMETHEUS_PORT", "API_IMAGE", "COMPOSE_PROJECT_NAME")),
+               "PROMETHEUS_PORT", "ALERTMANAGER_PORT", "API_IMAGE", "COMPOSE_PROJECT_NAME")),
     ("alerting", ALERT_KEYS),
 )
 
@@ -413,6 +413,7 @@ def generate(
     rate_limit_rps: int = 20,
     project_name: str = COMPOSE_PROJECT_NAME,
     prometheus_port: int = 9090,
+    alertmanager_port: int = 9093,
 ) -> dict[str, str]:
     """Fresh values for the stack's .env, with newly drawn secrets (what setup.sh did).
 
@@ -443,9 +444,11 @@ def generate(
     if not _PROJECT_RE.fullmatch(project_name):
         raise UsageError(f"invalid project name {project_name!r}",
                          hint="lowercase letters, digits, dashes, underscores; not starting with a dash")
-    taken = (http_port, https_port)
-    if isinstance(prometheus_port, bool) or not 1 <= prometheus_port <= 65535 or prometheus_port in taken:
-        raise UsageError(f"invalid prometheus_port {prometheus_port!r}", hint="a free port from 1 to 65535")
+    taken: list[int] = [http_port, https_port]
+    for name, port in (("prometheus_port", prometheus_port), ("alertmanager_port", alertmanager_port)):
+        if isinstance(port, bool) or not 1 <= port <= 65535 or port in taken:
+            raise UsageError(f"invalid {name} {port!r}", hint="a free port from 1 to 65535, not another's")
+        taken.append(port)
     if isinstance(rate_limit_rps, bool) or rate_limit_rps < 1:
         raise UsageError(f"invalid rate limit {rate_limit_rps!r}", hint="give requests per second, >= 1")
     if not _IMAGE_RE.fullmatch(api_image):
@@ -474,6 +477,7 @@ def generate(
         "RATE_LIMIT_BURST": str(2 * rate_limit_rps),
         "API_IMAGE": api_image,
         "PROMETHEUS_PORT": str(prometheus_port),
+        "ALERTMANAGER_PORT": str(alertmanager_port),
         "COMPOSE_PROJECT_NAME": project_name,
     }
 

@@ -325,10 +325,13 @@ def test_generate_fills_every_stack_key() -> None:
         "SECRET_KEY", "ENVIRONMENT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
         "DATABASE_URL", "REDIS_PASSWORD", "REDIS_URL", "DOMAIN", "ALLOWED_HOSTS",
         "CORS_ORIGINS", "NGINX_BIND", "HTTP_PORT", "HTTPS_PORT", "RATE_LIMIT_RPS",
-        "RATE_LIMIT_BURST", "PROMETHEUS_PORT", "API_IMAGE", "COMPOSE_PROJECT_NAME",
+        "RATE_LIMIT_BURST", "PROMETHEUS_PORT", "ALERTMANAGER_PORT", "API_IMAGE", "COMPOSE_PROJECT_NAME",
     }  # fmt: skip
-    other = generate(project_name="finaiflow-b", http_port=8080, https_port=8443, prometheus_port=9091)
-    assert (other["COMPOSE_PROJECT_NAME"], other["PROMETHEUS_PORT"]) == ("finaiflow-b", "9091")
+    other = generate(project_name="finaiflow-b", http_port=8080, https_port=8443, prometheus_port=9091,
+                     alertmanager_port=9094)
+    assert (other["COMPOSE_PROJECT_NAME"], other["PROMETHEUS_PORT"], other["ALERTMANAGER_PORT"]) == (
+        "finaiflow-b", "9091", "9094")
+    assert values["ALERTMANAGER_PORT"] == "9093"
     assert (values["RATE_LIMIT_RPS"], values["RATE_LIMIT_BURST"]) == ("20", "40")
     assert generate(rate_limit_rps=500)["RATE_LIMIT_BURST"] == "1000"
     assert values["ENVIRONMENT"] == "production"
@@ -1013,9 +1016,10 @@ def test_redact_url_that_urlsplit_rejects() -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("project_name", "Bad Name"), ("project_name", "-x"), ("prometheus_port", 0), ("prometheus_port", 443)],
+    [("project_name", "Bad Name"), ("project_name", "-x"), ("prometheus_port", 0), ("prometheus_port", 443),
+     ("alertmanager_port", 70000), ("alertmanager_port", 9090)],
 )
-def test_generate_rejects_bad_project_name_and_prometheus_port(option: str, value: object) -> None:
+def test_generate_rejects_bad_project_name_and_ports(option: str, value: object) -> None:
     with pytest.raises(UsageError):
         generate(**{option: value})  # type: ignore[arg-type]
 

@@ -36,6 +36,8 @@ def env() -> None:
               help="The compose project name (several stacks can share one engine).")
 @click.option("--prometheus-port", default=9090, show_default=True, type=click.IntRange(1, 65535),
               help="The loopback port Prometheus is published on.")
+@click.option("--alertmanager-port", default=9093, show_default=True, type=click.IntRange(1, 65535),
+              help="The loopback port Alertmanager is published on.")
 # The --alert-* options: each sets the .env key of its name (--alert-smtp-host: ALERT_SMTP_HOST).
 @click.option("--alert-webhook-url", metavar="URL",
               help="The paging webhook: critical alerts (warnings too, without --alert-warning-webhook-url).")
@@ -51,7 +53,7 @@ def env() -> None:
 @pass_options  # opts is positional-only: the --alert-* options arrive in **alerting
 def env_generate(opts: Options, /, domain: str, extra_hosts: tuple[str, ...], bind: str, http_port: int,
                  https_port: int, api_image: str, rate_limit: int, project_name: str,
-                 prometheus_port: int, force: bool, **alerting: str | None) -> None:
+                 prometheus_port: int, alertmanager_port: int, force: bool, **alerting: str | None) -> None:
     """Write a new .env with strong generated secrets (mode 0600), on the target; never prints them.
 
     The --alert-* options set Alertmanager's receivers (--alert-smtp-host sets ALERT_SMTP_HOST, and
@@ -64,7 +66,8 @@ def env_generate(opts: Options, /, domain: str, extra_hosts: tuple[str, ...], bi
         opts.confirm(f"replace {path} on {opts.target} (the database and Redis passwords in it are lost)?")
     values = envfile.generate(domain=domain, extra_hosts=extra_hosts, bind=bind, http_port=http_port,
                               https_port=https_port, api_image=api_image, rate_limit_rps=rate_limit,
-                              project_name=project_name, prometheus_port=prometheus_port) | receivers
+                              project_name=project_name, prometheus_port=prometheus_port,
+                              alertmanager_port=alertmanager_port) | receivers
     written = (envfile.write(Path(path), values, force=force) if local
                else envfile.write_on(opts.target, path, values, force=force))
     where = "" if local else f" on {opts.target}"
