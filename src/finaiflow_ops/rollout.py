@@ -602,6 +602,7 @@ def rollback(stack: Stack, service: str, *, to: str | None = None, confirm: Conf
     r = _Rollout(stack, service, Settings(health_timeout, drain_timeout, proxy, migrate), or_quiet(progress))
     with releases.deploy_lock(r.stack, f"rollback {service}" + (f" to {to}" if to else ""), progress=r.say):
         try:
+            r.service_rollout.lead_for_standby()  # first: the reads and checks run during the lead
             steps, current, past = r.reconcile()
             target = rollback_target(past, current, to)
             steps.append(
@@ -634,6 +635,8 @@ def rollback(stack: Stack, service: str, *, to: str | None = None, confirm: Conf
         except OpsError as exc:
             r.failed("rollback", to or "previous", exc)
             raise
+        finally:
+            r.service_rollout.close()  # the early lead's flag, when no step ran
 
 
 def retire_standby(stack: Stack, service: str, *, expired_only: bool = False,

@@ -94,6 +94,7 @@ class ComposeRollout:
         self.drain_timeout = settings.drain_timeout if settings.drain_timeout is not None else DRAIN_TIMEOUT
         self.closing_since = time.monotonic()
         self._closing = contextlib.ExitStack()
+        self._leading = False  # the switching flag is raised (connections_closing)
         self.spec = self._describe_service()
         self._new: list[ContainerInfo] = []
         self._reload: Reload | None = None
@@ -382,7 +383,7 @@ class ComposeRollout:
         the release left is drained and retired. [] when no usable standby is there (said why)."""
         standing, why = self.usable_standby(roll, release)
         if standing:
-            self._closing.enter_context(self.connections_closing())  # the lead runs during the checks
+            self._lead()  # the lead runs during the checks
             for c in standing:
                 status = self.proxy.probe(c.name, self.spec.port, HEALTH_PATH)
                 if status != 200:
@@ -391,6 +392,7 @@ class ComposeRollout:
                     self._closing.close()
                     break
         if why:
+            self._closing.close()  # a lead raised early (lead_for_standby) ends: the usual path has its own
             if self.kept is not None:
                 self._standby_note = f"not used: {why}"
                 self.say(f"the warm standby {self.kept.label} is not used ({why}): "
@@ -483,7 +485,7 @@ class ComposeRollout:
             except OpsError:
                 self.discard(self._new)
                 raise
-        self._closing.enter_context(self.connections_closing())
+        self._lead()
         self.wait_ready(self._new, image, old_image)
 
     def wait_ready(self, new: list[ContainerInfo], image: str, old_image: str) -> None:
@@ -604,11 +606,25 @@ class ComposeRollout:
     def connections_closing(self) -> Iterator[None]:
         self.proxy.set_switching(True)
         self.closing_since = time.monotonic()
+        self._leading = True
         try:
             yield
         finally:
+            self._leading = False
             with contextlib.suppress(OpsError):
                 self.proxy.set_switching(False)
+
+    def _lead(self) -> None:
+        """Raise the switching flag (HTTP/1.1 clients reconnect from now on), unless it is up."""
+        if not self._leading:
+            self._closing.enter_context(self.connections_closing())
+
+    def lead_for_standby(self) -> None:
+        """A rollback that may switch to the warm standby: the clients' lead starts now, while
+        the rollback reads and checks (the switch then waits only for what is left of it)."""
+        kept = self.kept
+        if kept is not None and not kept.expired:
+            self._lead()
 
     def sleep_until_clients_reconnected(self) -> None:
         """The health gate usually took longer than KEEPALIVE_LEAD already; otherwise wait the rest."""

@@ -215,6 +215,9 @@ class SwarmRollout:
             ) from None
         self._tasks = tuple(t.name for t in self.swarm.tasks(self.service))
 
+    def lead_for_standby(self) -> None:
+        pass  # no standby on a swarm
+
     def from_standby(self, roll: Roll, release: int) -> list[Step]:
         return []  # no standby on a swarm (refused in __init__): the rollback takes the engine's path
 
