@@ -28,6 +28,7 @@ import tarfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,32 @@ def test_backup_restore_undo_and_drill_on_the_host(vps: RemoteVps) -> None:
     ok(ops(vps, "--yes", "restore", "undo"))
     drill = json.loads(ok(ops(vps, "--json", "restore", "drill")).stdout)
     assert drill["tables"] == made["manifest"]["tables"], drill
+
+
+def test_point_in_time_restore_on_the_host(vps: RemoteVps) -> None:
+    """pgBackRest over SSH: a physical backup taken and listed, rows committed on either side of
+    an instant, and `restore --to-time` that instant brings back exactly the rows before it."""
+    made = ok(ops(vps, "backup", "physical", "--type", "full"))
+    assert "pgBackRest full backup" in made.stdout, made.stdout
+    listed = json.loads(ok(ops(vps, "--json", "backup", "archive")).stdout)
+    assert listed["backups"], listed
+    st = remote_stack(vps)
+    table = "remote_pitr_probe"
+    st.psql(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY)")
+    try:
+        for i in (1, 2):  # two commits, a second apart
+            st.psql(f"INSERT INTO {table} VALUES ({i})")  # noqa: S608
+            time.sleep(1 if i == 1 else 0)
+        rows = st.psql(f"SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM {table} "  # noqa: S608
+                       "ORDER BY id")
+        commits = {int(i): float(t) for i, t in rows}
+        instant = datetime.fromtimestamp((commits[1] + commits[2]) / 2, UTC)
+        restored = ok(ops(vps, "--yes", "restore", "--to-time", instant.isoformat()))
+        print(f"\nremote restore --to-time: {restored.stdout.strip()[-400:]}")
+        assert "downtime" in restored.stdout, restored.stdout
+        assert [int(r[0]) for r in st.psql(f"SELECT id FROM {table} ORDER BY id")] == [1]  # noqa: S608
+    finally:
+        st.psql(f"DROP TABLE IF EXISTS {table}")
 
 
 def test_check_passes_on_the_remote_stack(vps: RemoteVps) -> None:
