@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,16 +174,21 @@ class Prometheus:
         argv = ["curl", "-sS", "--max-time", "10", "-G", f"{self.url}/api/v1/{path}"]
         for key, value in params.items():
             argv += ["--data-urlencode", f"{key}={value}"]
-        code, streams = self.container.exec_run(argv, demux=True)
-        out, err = cast("tuple[bytes | None, bytes | None]", streams)
-        text = (out or b"").decode(errors="replace")
-        try:
-            body = json.loads(text) if code == 0 else None
-        except json.JSONDecodeError:
-            body = None
+        for attempt in range(2):  # a call that got no answer at all is made once more
+            code, streams = self.container.exec_run(argv, demux=True)
+            out, err = cast("tuple[bytes | None, bytes | None]", streams)
+            text = (out or b"").decode(errors="replace")
+            try:
+                body = json.loads(text) if code == 0 else None
+            except json.JSONDecodeError:
+                body = None
+            if isinstance(body, dict) or attempt:
+                break
+            time.sleep(1)
         if not isinstance(body, dict) or body.get("status") != "success":
             stderr = (err or b"").decode(errors="replace")
-            why = body.get("error") if isinstance(body, dict) else (stderr or text)
+            said = stderr or text or f"exit {code}, no output"
+            why = body.get("error") if isinstance(body, dict) else said
             raise CommandFailed(f"{self.name}: /api/v1/{path} failed: {str(why).strip()[:200]}",
                                 argv=argv, exit_status=code, output_tail=stderr.strip(),
                                 hint="is Prometheus running? see `finaiflow-ops logs prometheus`",
