@@ -197,6 +197,10 @@ def test_to_time_gives_exactly_the_rows_committed_before_it(stack: Stack, archiv
     instant = (commits[middle] + commits[middle + 1]) / 2
     expected = [i for i, t in commits.items() if t <= instant]
     when = datetime.fromtimestamp(instant, UTC)
+    # A differential on the timeline `--latest` opened, as the daily job takes one: the restore below
+    # abandons that timeline, and the later restores must not start from this backup.
+    diff = project_cli(stack, "backup", "physical", "--type", "diff")
+    assert diff.returncode == 0, diff.stderr
     result = project_cli(stack, "--yes", "restore", "--to-time", when.isoformat())
     assert result.returncode == 0, result.stderr
     print(f"\nrestore --to-time: {result.stdout.strip()}")
@@ -222,21 +226,26 @@ def _repo_file(stack: Stack, segment: str) -> str:
 
 def test_a_missing_or_damaged_wal_segment_is_refused_naming_it(stack: Stack, archived: Archived) -> None:
     db = Database.of(stack)
-    for _ in range(3):  # segments of the newest timeline only, after the restores' branch points
-        closed = switch_wal(db)
-    for attempt in polling.attempts(within=60, every=0.3):
-        done = db.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver", database="postgres")
-        if done[0][0][8:] >= closed[8:] or attempt.last:
-            break
-    info = Repository(stack).info()
-    base = info.base_for(None)
-    assert base is not None and not missing_segments(info.wal, base.wal_start)
     # A segment after the backup's first and before the archive's newest, at a position no other
-    # timeline has (the restores above made timelines that share positions: see missing_segments).
-    positions = [w.position for w in info.wal]
-    newest = max(positions)
-    inner = [w.segment for w in info.wal
-             if position(base.wal_start) < w.position < newest and positions.count(w.position) == 1]
+    # timeline has (the restores above made timelines that share positions: see missing_segments):
+    # the newest timeline's segments, closed until one is past what the abandoned timelines wrote.
+    inner: list[str] = []
+    for _ in range(12):
+        closed = switch_wal(db)
+        for attempt in polling.attempts(within=60, every=0.3):
+            done = db.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+                           database="postgres")
+            if done[0][0][8:] >= closed[8:] or attempt.last:
+                break
+        info = Repository(stack).info()
+        base = info.base_for(None)
+        assert base is not None and not missing_segments(info.wal, base.wal_start)
+        positions = [w.position for w in info.wal]
+        newest = max(positions)
+        inner = [w.segment for w in info.wal
+                 if position(base.wal_start) < w.position < newest and positions.count(w.position) == 1]
+        if inner:
+            break
     assert inner, "the archive has no segment between the backup and its end"
     segment = inner[len(inner) // 2]
     path = _repo_file(stack, segment)

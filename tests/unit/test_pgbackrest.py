@@ -9,7 +9,9 @@ from finaiflow_ops.backup.pgbackrest import (
     RepoInfo,
     WalFile,
     missing_segments,
+    parse_lsn,
     position,
+    timeline_path,
 )
 
 
@@ -46,6 +48,30 @@ def test_the_reachable_range_runs_from_the_oldest_backup_to_the_newest_archived_
     assert info.base_for(None) == backups[1]
     assert info.base_for(15) is None
     assert RepoInfo((), info.wal, "ok").reachable() is None
+
+
+def test_lsns_and_a_history_file_give_the_newest_timelines_path() -> None:
+    assert parse_lsn("0/1B000108") == 0x1B000108 and parse_lsn("16/B374D848") == (0x16 << 32) + 0xB374D848
+    history = "1\t0/1C000000\tno recovery target specified\n\n2\t0/1B800000\tbefore 2026-12-05 02:00:30+00\n"
+    assert timeline_path(3, history) == ((1, 0x1C000000), (2, 0x1B800000), (3, 1 << 64))
+
+
+def test_a_backup_on_a_timeline_a_later_restore_abandoned_is_not_a_base() -> None:
+    """Seen in CI: full F on timeline 1; --latest after a lost volume (timeline 2 from 0/1C000000);
+    the daily job's differential D on timeline 2 at 0/1D000000; restore --to-time an instant of
+    timeline 1 (timeline 3 branches at 0/1B800000, before D). A later --latest must start from F:
+    from D, PostgreSQL cannot find D's checkpoint on timeline 3's path."""
+    full = PhysicalBackup("F", "full", 10, 20, "000000010000000000000019", "000000010000000000000019", 1,
+                          parse_lsn("0/19000100"))
+    diff = PhysicalBackup("D", "diff", 50, 60, "00000002000000000000001D", "00000002000000000000001D", 1,
+                          parse_lsn("0/1D000100"))
+    files = wal("000000010000000000000019", "00000002000000000000001C", "00000003000000000000001B")
+    # The instant is before timeline 2 began: recovery ended on timeline 1, timeline 3's parent.
+    path = timeline_path(3, "1\t0/1B800000\tbefore 2026-12-05 02:00:30+00\n")
+    info = RepoInfo((full, diff), files, "ok", path)
+    assert info.on_path(full) and not info.on_path(diff)
+    assert info.base_for(None) == full and info.base_for(65) == full
+    assert RepoInfo((full, diff), files, "ok").base_for(None) == diff  # no history: one timeline
 
 
 def archiver(*, waiting: int = 0, oldest: float = 0.0, archived_ago: float | None = 10.0,

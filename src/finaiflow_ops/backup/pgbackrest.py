@@ -39,6 +39,7 @@ SERVICE = "postgres"
 FULL_EVERY_DAYS = 7  # the daily job takes a full backup when the newest full is this old, else a differential
 SEGMENTS_PER_LOG = 0x100  # 16 MB segments: 256 per 4 GB "log" (the middle 8 hex digits of a name)
 _SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})-[0-9a-f]{40}")
+_HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
 BackupKind = Literal["full", "diff", "incr", "auto"]
 
 
@@ -51,6 +52,11 @@ class PhysicalBackup:
     wal_start: str  # the first WAL segment it needs
     wal_stop: str
     size: int  # bytes in the repository
+    lsn_stop: int = 0  # where the backup ends in the WAL (its consistent point)
+
+    @property
+    def timeline(self) -> int:
+        return int(self.wal_start[:8], 16)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,19 @@ class RepoInfo:
     backups: tuple[PhysicalBackup, ...]  # oldest first
     wal: tuple[WalFile, ...]  # by name
     status: str  # pgBackRest's stanza status message ("ok")
+    # The newest timeline's path (its history file): each timeline on it and the LSN where the path
+    # leaves it for the next; empty before a restore branched a timeline (everything is on it).
+    path: tuple[tuple[int, int], ...] = ()
+
+    def on_path(self, backup: PhysicalBackup) -> bool:
+        """Whether recovery along the newest timeline (what a restore follows) can start from
+        `backup`: taken on that path, before the path left the backup's timeline. A backup taken on
+        a timeline a later point-in-time restore abandoned cannot (PostgreSQL would not find its
+        checkpoint on the newest timeline: "could not locate required checkpoint record")."""
+        if not self.path:
+            return True
+        leaves = dict(self.path)
+        return backup.timeline in leaves and backup.lsn_stop <= leaves[backup.timeline]
 
     @property
     def newest_full(self) -> PhysicalBackup | None:
@@ -91,8 +110,36 @@ class RepoInfo:
     def base_for(self, when: float | None) -> PhysicalBackup | None:
         """The backup a restore to `when` (None: the end of the archive) starts from: the newest
         one that ended before it."""
-        fitting = [b for b in self.backups if when is None or b.stopped <= when]
+        fitting = [b for b in self.backups if (when is None or b.stopped <= when) and self.on_path(b)]
         return fitting[-1] if fitting else None
+
+
+def parse_lsn(text: str) -> int:
+    """A PostgreSQL LSN ("16/B374D848") as a number."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low or "0", 16)
+
+
+def timeline_path(timeline: int, history: str) -> tuple[tuple[int, int], ...]:
+    """Timeline `timeline`'s path from its history file ("parent<TAB>switchpoint<TAB>reason" per
+    line): each ancestor and the LSN where the path leaves it, then `timeline` itself, never left."""
+    path = []
+    for line in history.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].isdigit() and "/" in fields[1]:
+            path.append((int(fields[0]), parse_lsn(fields[1])))
+    return (*path, (timeline, 1 << 64))
+
+
+def wal_files(entries: dict[str, dict[str, Any]]) -> list[WalFile]:
+    """The WAL segments of a `repo-ls --recurse` listing of the archive, by name."""
+    found = []
+    for name, entry in entries.items():
+        match = _SEGMENT_RE.match(name.rsplit("/", 1)[-1])
+        if entry.get("type") == "file" and match:
+            found.append(WalFile("".join(match.groups()), float(entry.get("time", 0)),
+                                 int(entry.get("size", 0))))
+    return sorted(found, key=lambda w: w.segment)
 
 
 def position(segment: str) -> int:
@@ -216,21 +263,29 @@ class Repository:
         backups = tuple(
             PhysicalBackup(b["label"], b["type"], float(b["timestamp"]["start"]),
                            float(b["timestamp"]["stop"]), b["archive"]["start"], b["archive"]["stop"],
-                           int(b.get("info", {}).get("repository", {}).get("size", 0)))
+                           int(b.get("info", {}).get("repository", {}).get("size", 0)),
+                           parse_lsn(b.get("lsn", {}).get("stop", "0/0")))
             for b in stanza.get("backup", []))
-        return RepoInfo(backups, tuple(self.wal_files()), str(stanza.get("status", {}).get("message", "")))
+        entries = self._archive_listing()
+        return RepoInfo(backups, tuple(wal_files(entries)), str(stanza.get("status", {}).get("message", "")),
+                        self._newest_path(entries))
 
-    def wal_files(self) -> list[WalFile]:
+    def _archive_listing(self) -> dict[str, dict[str, Any]]:
         listed = self.run("--output=json", "--recurse", "repo-ls", f"archive/{STANZA}",
                           what="listing the WAL archive").stdout
         entries: dict[str, dict[str, Any]] = json.loads(listed or "{}")
-        found = []
-        for name, entry in entries.items():
-            match = _SEGMENT_RE.match(name.rsplit("/", 1)[-1])
-            if entry.get("type") == "file" and match:
-                found.append(WalFile("".join(match.groups()), float(entry.get("time", 0)),
-                                     int(entry.get("size", 0))))
-        return sorted(found, key=lambda w: w.segment)
+        return entries
+
+    def _newest_path(self, entries: dict[str, dict[str, Any]]) -> tuple[tuple[int, int], ...]:
+        """The newest timeline's path, from its history file in the archive (() when none)."""
+        histories = sorted((name for name, entry in entries.items()
+                            if entry.get("type") == "file" and _HISTORY_RE.match(name.rsplit("/", 1)[-1])),
+                           key=lambda name: name.rsplit("/", 1)[-1])
+        if not histories:
+            return ()
+        newest = histories[-1]
+        text = self.run("repo-get", f"archive/{STANZA}/{newest}", what=f"reading {newest}").stdout
+        return timeline_path(int(newest.rsplit("/", 1)[-1][:8], 16), text)
 
     def verify(self) -> list[str]:
         """pgBackRest's verify: every archived segment and backup file read and checksummed.
