@@ -157,8 +157,12 @@ class Alertmanager:
         argv = ["curl", "-sS", "--max-time", "10", "-X", method, "-w", "\n%{http_code}", f"{self.url}{path}"]
         if body is not None:
             argv += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
-        code, streams = self.container.exec_run(argv, demux=True)
-        out, err = cast("tuple[bytes | None, bytes | None]", streams)
+        for attempt in range(2 if method == "GET" else 1):  # a GET that got no answer at all: once more
+            code, streams = self.container.exec_run(argv, demux=True)
+            out, err = cast("tuple[bytes | None, bytes | None]", streams)
+            if out or err or attempt:
+                break
+            time.sleep(1)
         text, _, status = (out or b"").decode(errors="replace").rpartition("\n")
         if code != 0 or not status.startswith("2"):
             why = (err or b"").decode(errors="replace").strip() or f"HTTP {status}: {text.strip()[:200]}"
