@@ -41,9 +41,9 @@ def tests(session: nox.Session) -> None:
     # request, back within 10 s), and test_rollout proves both on this stack with more facts (the
     # broken release refused, traffic and containers untouched). The whole checklist, drills and the
     # whole gate included, runs in the same suite against the remote VPS (test_remote_operator_flow).
-    # -n 3 --dist loadgroup: the tests on the session's stack, those on VPS containers, on swarms,
-    # and the alerting tests on their own stack run side by side, each part in one worker and in
-    # order (tests/conftest.py: run_group).
+    # -n 3 --dist loadgroup: the tests on the session's stack, on the swarms, on a second stack
+    # (alerting, point-in-time restores), on the remote VPS and on the hardening VPS run side by
+    # side, each part in one worker and in order (tests/conftest.py: run_group).
     session.run("pytest", "tests", "-n", "3", "--dist", "loadgroup", "--junitxml=reports/tests.xml",
                 "--run-load", "--gate-option=--no-runbook", "--gate-option=--rest=5",
                 *(arg for drill in ROLLBACK_DRILLS for arg in ("--deselect", drill)), *session.posargs)

@@ -11,9 +11,10 @@ was started. `--project-dir stack` tests the repository's own stack/ as it is.
 
 Under pytest-xdist (`nox -s tests` runs `-n 3 --dist loadgroup`), the parts of the suite that
 share nothing at run time run side by side, each in one worker, in order: the session's stack and
-everything on it; the VPS containers (127.0.0.2, the hardening VPS); the swarms (engines in
-containers of their own, reached through DOCKER_HOST); the alerting tests on their own stack. The
-unit tests go to whichever worker is free.
+everything on it; the remote VPS (127.0.0.2); the hardening VPS; the swarms (engines in containers
+of their own, reached through DOCKER_HOST); and the tests on a second stack (`second_stack`: the
+alerting tests, which stop its services for minutes, and the point-in-time restores, which replace
+its database). The unit tests go to whichever worker is free.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from finaiflow_ops import envfile, staging
+from finaiflow_ops import envfile, staging, tls
 from finaiflow_ops.backup.pgbackrest import Repository
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
@@ -42,15 +43,17 @@ _WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 
 
 # The worker groups (see above), by test module name; the other integration and acceptance tests
-# are the "stack" group. None of the grouped modules uses the session's stack. Three workers run
-# the four groups: the stack's; the VPSes'; the swarms'; and the alerting tests, on a stack of
-# their own (test_alerting.py), which mostly wait out their alerts' minutes and go to the first
-# worker free (xdist hands the groups out largest first).
+# are the "stack" group. None of the grouped modules uses the session's stack. Three workers run the
+# five groups; xdist hands them out in the order of GROUP_ORDER (the collection is sorted by it),
+# the longest first, so that the shorter ones share the workers the longer ones leave free (test
+# time in a CI run: stack ~700 s, swarm ~420, second stack ~350, remote ~300, hardening ~270).
 RUN_GROUPS = {
-    "vps": ("test_hardening_vps.py", "test_remote_operator_flow.py", "test_remote_vps.py"),
     "swarm": ("test_swarm.py", "test_swarm_multinode.py"),
-    "alerting": ("test_alerting.py",),
+    "second-stack": ("test_alerting.py", "test_pitr.py"),
+    "remote": ("test_remote_operator_flow.py", "test_remote_vps.py"),
+    "hardening-vps": ("test_hardening_vps.py",),
 }
+GROUP_ORDER = ("stack", *RUN_GROUPS)
 # Integration tests that need the engine and the images but no stack: anywhere, as the unit tests.
 ANYWHERE = ("test_monitoring_rules.py", "test_alerting_config.py")
 
@@ -61,6 +64,15 @@ def run_group(nodeid: str) -> str | None:
     if path.parts[:2] == ("tests", "unit") or path.name in ANYWHERE:
         return None
     return next((group for group, names in RUN_GROUPS.items() if path.name in names), "stack")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The groups in GROUP_ORDER, the tests that can run anywhere last; each group's own order kept."""
+    def rank(item: pytest.Item) -> int:
+        group = run_group(item.nodeid)
+        return GROUP_ORDER.index(group) if group else len(GROUP_ORDER)
+
+    items.sort(key=rank)
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: it applies only when pytest runs with -n
@@ -178,6 +190,40 @@ def start_receiver(target: Target, project: str, name: str = SESSION_RECEIVER) -
         client.networks.create(network, driver="bridge", labels={"com.docker.compose.network": "default",
                                                                  "com.docker.compose.project": project})
     return Receiver.start(network, name=name)
+
+
+# The second stack: its own project name and loopback ports on the local engine, for the tests that
+# stop its services for minutes (test_alerting) or replace its database (test_pitr), in a worker of
+# their own beside the session's stack.
+SECOND_PROJECT = "finaiflow-second"
+SECOND_PORTS = {"http_port": 18080, "https_port": 18443, "prometheus_port": 19090, "alertmanager_port": 19093}
+
+
+@pytest.fixture(scope="session")
+def second_stack(target: Target,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Receiver]]:
+    """Brought up as `stack up` does it (the pgBackRest stanza included), with a development
+    certificate and an alert receiver of its own; removed with its volumes at the end."""
+    if not target.is_local:
+        pytest.skip("the second stack is brought up on the local engine")
+    project_dir = tmp_path_factory.mktemp("second-stack")
+    project_dir.chmod(0o755)  # as a checkout's stack/: the ops exporter reads it without capabilities
+    for name in RUNTIME_FILES:
+        shutil.copy2(REPO_STACK / name, project_dir / name)
+    values = envfile.generate(rate_limit_rps=LOCAL_RATE_LIMIT, project_name=SECOND_PROJECT, **SECOND_PORTS)
+    envfile.write(project_dir / ".env", values | receiver_settings())
+    st = Stack(target, str(project_dir))
+    # Before the stack: Alertmanager's first heartbeat must not fail (it would fail `check`).
+    receiver = start_receiver(target, SECOND_PROJECT, name=f"{SECOND_PROJECT}-receiver")
+    try:
+        st.up(timeout=300)
+        Repository(st).ensure_stanza()
+        tls.install_dev_certificate(st)
+        yield st, receiver
+    finally:
+        receiver.remove()
+        st.down(volumes=True)
+        shutil.rmtree(project_dir)
 
 
 @pytest.fixture(scope="session")

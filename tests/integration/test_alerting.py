@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,13 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from finaiflow_ops import envfile, tls
+from finaiflow_ops import envfile
 from finaiflow_ops.alerting import Alertmanager
 from finaiflow_ops.health import wait_healthy, wait_http
 from finaiflow_ops.stack import Stack
-from finaiflow_ops.target import Target
-from tests.alerting_support import PORT, RECEIVER_ALIAS, Receiver, receiver_settings
-from tests.conftest import LOCAL_RATE_LIMIT, REPO_STACK, RUNTIME_FILES, start_receiver
+from tests.alerting_support import PORT, RECEIVER_ALIAS, Receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 
@@ -49,48 +46,19 @@ def stamp(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# -- a stack of their own ---------------------------------------------------------------------------------
-# These tests stop Redis and the api for minutes each: on a stack of their own (its own project
-# name and loopback ports on the local engine), beside the session's stack tests in another worker.
-
-ALERTING_PROJECT = "finaiflow-alerting"
-ALERTING_PORTS = {"http_port": 18080, "https_port": 18443, "prometheus_port": 19090,
-                  "alertmanager_port": 19093}
+# -- on the session's second stack ---------------------------------------------------------------------
+# These tests stop Redis and the api for minutes each: on the second stack (tests/conftest.py), beside
+# the session's stack tests in another worker.
 
 
 @pytest.fixture(scope="module")
-def alerting_stack(target: Target,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Receiver]]:
-    if not target.is_local:
-        pytest.skip("the alerting tests bring up a stack of their own on the local engine")
-    project_dir = tmp_path_factory.mktemp("alerting-stack")
-    project_dir.chmod(0o755)  # as a checkout's stack/: the ops exporter reads it without capabilities
-    for name in RUNTIME_FILES:
-        shutil.copy2(REPO_STACK / name, project_dir / name)
-    values = envfile.generate(rate_limit_rps=LOCAL_RATE_LIMIT, project_name=ALERTING_PROJECT,
-                              **ALERTING_PORTS)
-    envfile.write(project_dir / ".env", values | receiver_settings())
-    st = Stack(target, str(project_dir))
-    # Before the stack: Alertmanager's first heartbeat must not fail (it would fail `check`).
-    receiver = start_receiver(target, ALERTING_PROJECT, name=f"{ALERTING_PROJECT}-receiver")
-    try:
-        st.up(timeout=300)
-        tls.install_dev_certificate(st)
-        yield st, receiver
-    finally:
-        receiver.remove()
-        st.down(volumes=True)
-        shutil.rmtree(project_dir)
+def stack(second_stack: tuple[Stack, Receiver]) -> Stack:
+    return second_stack[0]
 
 
 @pytest.fixture(scope="module")
-def stack(alerting_stack: tuple[Stack, Receiver]) -> Stack:
-    return alerting_stack[0]
-
-
-@pytest.fixture(scope="module")
-def receiver(alerting_stack: tuple[Stack, Receiver]) -> Receiver:
-    return alerting_stack[1]
+def receiver(second_stack: tuple[Stack, Receiver]) -> Receiver:
+    return second_stack[1]
 
 
 @pytest.fixture(scope="module")

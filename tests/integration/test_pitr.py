@@ -1,4 +1,5 @@
-"""Point-in-time recovery with pgBackRest against the session stack's real PostgreSQL.
+"""Point-in-time recovery with pgBackRest against a real PostgreSQL: the session's second stack's
+(tests/conftest.py), whose database these tests replace again and again.
 
 One steady write load serves every test of the module, in order: rows are inserted one
 transaction at a time from here (each acknowledged insert is a commit we know of), the database
@@ -29,9 +30,17 @@ from finaiflow_ops import pitr, polling
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.pgbackrest import Archiver, Repository, missing_segments, position
 from finaiflow_ops.stack import Stack
+from tests.alerting_support import Receiver
 from tests.integration.backups_support import cli, error_line
 
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
+
+
+@pytest.fixture(scope="module")
+def stack(second_stack: tuple[Stack, Receiver]) -> Stack:
+    return second_stack[0]
+
+
 TABLE = "ops_pitr_probe"
 RPO_SECONDS = 60
 
@@ -79,8 +88,9 @@ def project_cli(stack: Stack, *args: str, timeout: float = 600) -> subprocess.Co
     return cli("--project-dir", stack.project_dir, *args, timeout=timeout)
 
 
-def safety_copies() -> set[str]:
-    return set(docker("volume", "ls", "-q", "--filter", "label=finaiflow.safety-copy").stdout.split())
+def safety_copies(stack: Stack) -> set[str]:
+    return set(docker("volume", "ls", "-q", "--filter", "label=finaiflow.safety-copy", "--filter",
+                      f"label=com.docker.compose.project={stack.name}").stdout.split())
 
 
 def switch_wal(db: Database) -> str:
@@ -114,7 +124,7 @@ def test_a_failing_archive_command_is_visible_in_check_then_recovers(stack: Stac
 def archived(stack: Stack) -> Iterator[Archived]:
     """A full backup, the write load, SIGKILL of the database and removal of its volume during it,
     then `restore --latest`."""
-    copies = safety_copies()
+    copies = safety_copies(stack)
     db = Database.of(stack)
     db.psql(f"DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (id bigint PRIMARY KEY)")
     full = project_cli(stack, "backup", "physical", "--type", "full")
@@ -165,7 +175,7 @@ def archived(stack: Stack) -> Iterator[Archived]:
         stack.compose("up", "--detach", "--no-deps", "--no-build", "--pull", "never", "postgres",
                       "ops-exporter", timeout=300)
         Database.of(stack).psql(f"DROP TABLE IF EXISTS {TABLE}")
-        for volume in safety_copies() - copies:
+        for volume in safety_copies(stack) - copies:
             docker("volume", "rm", volume, check=False)
 
 
