@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from finaiflow_ops import envfile, polling
+from finaiflow_ops.container_exec import exec_answered
 from finaiflow_ops.errors import CommandFailed, OpsError, UsageError
 from finaiflow_ops.stack import Stack
 
@@ -157,17 +158,15 @@ class Alertmanager:
         argv = ["curl", "-sS", "--max-time", "10", "-X", method, "-w", "\n%{http_code}", f"{self.url}{path}"]
         if body is not None:
             argv += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
-        for attempt in range(2 if method == "GET" else 1):  # a GET that got no answer at all: once more
-            code, streams = self.container.exec_run(argv, demux=True)
-            out, err = cast("tuple[bytes | None, bytes | None]", streams)
-            if out or err or attempt:
-                break
-            time.sleep(1)
-        text, _, status = (out or b"").decode(errors="replace").rpartition("\n")
-        if code != 0 or not status.startswith("2"):
-            why = (err or b"").decode(errors="replace").strip() or f"HTTP {status}: {text.strip()[:200]}"
+        # a GET that got no answer at all is made once more
+        result = exec_answered(self.container, argv, lambda r: bool(r.stdout or r.stderr),
+                               repeat=method == "GET")
+        text, _, status = result.text.rpartition("\n")
+        if result.exit_code != 0 or not status.startswith("2"):
+            why = result.error.strip() or f"HTTP {status}: {text.strip()[:200]}"
             raise CommandFailed(f"{self.name}: {method} {path} failed: {why}", argv=argv[:8],
-                                exit_status=code, hint="is it running? see `finaiflow-ops logs alertmanager`",
+                                exit_status=result.exit_code,
+                                hint="is it running? see `finaiflow-ops logs alertmanager`",
                                 service=ALERTMANAGER_SERVICE, container=self.container.name)
         return text
 

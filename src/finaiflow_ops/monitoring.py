@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from finaiflow_ops import health, polling
+from finaiflow_ops.container_exec import ExecResult, exec_answered
 from finaiflow_ops.errors import CommandFailed, OpsError, TargetUnreachable
 from finaiflow_ops.stack import Stack
 
@@ -155,6 +155,15 @@ class Alert:
                    a.get("activeAt", ""))
 
 
+
+def _json_object(result: ExecResult) -> Any:
+    """What a successful curl printed, as JSON (None when it failed or printed no JSON)."""
+    try:
+        return json.loads(result.text) if result.exit_code == 0 else None
+    except json.JSONDecodeError:
+        return None
+
+
 class Prometheus:
     """Prometheus' HTTP API, called with curl inside a container of the stack."""
 
@@ -174,23 +183,13 @@ class Prometheus:
         argv = ["curl", "-sS", "--max-time", "10", "-G", f"{self.url}/api/v1/{path}"]
         for key, value in params.items():
             argv += ["--data-urlencode", f"{key}={value}"]
-        for attempt in range(2):  # a call that got no answer at all is made once more
-            code, streams = self.container.exec_run(argv, demux=True)
-            out, err = cast("tuple[bytes | None, bytes | None]", streams)
-            text = (out or b"").decode(errors="replace")
-            try:
-                body = json.loads(text) if code == 0 else None
-            except json.JSONDecodeError:
-                body = None
-            if isinstance(body, dict) or attempt:
-                break
-            time.sleep(1)
+        result = exec_answered(self.container, argv, lambda r: isinstance(_json_object(r), dict))
+        body = _json_object(result)
         if not isinstance(body, dict) or body.get("status") != "success":
-            stderr = (err or b"").decode(errors="replace")
-            said = stderr or text or f"exit {code}, no output"
+            said = result.error or result.text or f"exit {result.exit_code}, no output"
             why = body.get("error") if isinstance(body, dict) else said
             raise CommandFailed(f"{self.name}: /api/v1/{path} failed: {str(why).strip()[:200]}",
-                                argv=argv, exit_status=code, output_tail=stderr.strip(),
+                                argv=argv, exit_status=result.exit_code, output_tail=result.error.strip(),
                                 hint="is Prometheus running? see `finaiflow-ops logs prometheus`",
                                 service=PROMETHEUS_SERVICE, container=self.container.name)
         return body["data"]
