@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -127,6 +127,13 @@ def _plan(repo: Repository, when: datetime | None) -> PhysicalBackup:
         raise UsageError(f"{iso(target)} is in the future; {span}", hint="nothing was changed")
     if target is not None and not earliest <= target <= latest:
         raise UsageError(f"{iso(target)} cannot be reached; {span}", hint="nothing was changed")
+    gone = info.abandoned_around(target) if target is not None else None
+    if target is not None and gone is not None:
+        raise UsageError(f"{iso(target)} lies on a timeline that a restore left: at {iso(gone[1])} the "
+                         f"database went back to {iso(gone[0])}, and what was committed in between is "
+                         "not on the newest timeline",
+                         hint=f"nothing was changed; choose a time up to {iso(gone[0])} or after "
+                              f"{iso(gone[1])}, or restore a pg_dump backup of that span (restore FILE)")
     base = info.base_for(target)
     assert base is not None  # the target is after the oldest backup's end
     gaps = missing_segments(info.wal, base.wal_start)
@@ -379,11 +386,12 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
     # not running) a heartbeat period and a margin before the newest archived segment.
     low, high = max(reach[0], time.time() - DRILL_WINDOW), (flushed - 1 if flushed else reach[1] - 10)
     if at is None:
-        if high < low:
+        picked = pick_instant(low, high, info.abandoned, random.random())  # noqa: S311 - a drill's pick
+        if picked is None:
             raise RestoreFailed(f"nothing of the last 24 hours can be reached (reachable: {iso(reach[0])} "
                                 f"to {iso(reach[1])})",
                                 hint="see finaiflow-ops check (archive) and backup archive")
-        at = datetime.fromtimestamp(random.uniform(low, high), UTC)  # noqa: S311 - a drill's pick
+        at = datetime.fromtimestamp(picked, UTC)
     base = _plan(repo, at)
     target = at.timestamp()
     db = Database.of(stack)
@@ -447,6 +455,24 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
                             hint="the database's health check writes one every 3 s; is it running?")
     return PitrDrillResult(iso(target), base.label, int(expected[0]), _at(expected[1]),
                            time.monotonic() - clock)
+
+
+def pick_instant(low: float, high: float, abandoned: Sequence[tuple[float, float]],
+                 fraction: float) -> float | None:
+    """The instant at `fraction` (0 to 1) of the times from `low` to `high` that no restore abandoned
+    (None when there are none): uniform over what a point-in-time restore can reach."""
+    if high <= low:
+        return low if high == low and not any(a < low < b for a, b in abandoned) else None
+    spans = [(low, high)]
+    for gone_from, gone_to in abandoned:
+        spans = [(a, b) for start, end in spans
+                 for a, b in ((start, min(end, gone_from)), (max(start, gone_to), end)) if a < b]
+    left = fraction * sum(end - start for start, end in spans)
+    for start, end in spans:
+        if left <= end - start:
+            return start + left
+        left -= end - start
+    return spans[-1][1] if spans else None
 
 
 def _at(epoch: str) -> str:

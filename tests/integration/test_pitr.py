@@ -78,6 +78,7 @@ class Archived:
     load: Load
     killed_at: float
     ids: list[int]
+    abandoned_commit: float = 0.0  # a commit the restore --to-time below went back over
 
 
 def ids_of(db: Database) -> list[int]:
@@ -206,6 +207,7 @@ def test_to_time_gives_exactly_the_rows_committed_before_it(stack: Stack, archiv
     middle = sorted(commits)[len(commits) // 2]
     instant = (commits[middle] + commits[middle + 1]) / 2
     expected = [i for i, t in commits.items() if t <= instant]
+    archived.abandoned_commit = commits[max(commits)]
     when = datetime.fromtimestamp(instant, UTC)
     # A differential on the timeline `--latest` opened, as the daily job takes one: the restore below
     # abandons that timeline, and the later restores must not start from this backup.
@@ -225,6 +227,14 @@ def test_times_outside_the_reachable_range_are_refused_naming_it(stack: Stack, a
         assert result.returncode == 2, result.stderr
         line = error_line(result)
         assert "reachable: from " in line and "nothing was changed" in line
+    # Committed before the restore --to-time above went back to an earlier instant: on the
+    # timeline it left, which a restore (following the newest timeline) cannot reach.
+    assert archived.abandoned_commit, "the restore --to-time test did not run first"
+    abandoned = datetime.fromtimestamp(archived.abandoned_commit, UTC)
+    result = project_cli(stack, "--yes", "restore", "--to-time", abandoned.isoformat())
+    assert result.returncode == 2, result.stderr
+    line = error_line(result)
+    assert "lies on a timeline that a restore left" in line and "nothing was changed" in line, line
     assert ids_of(Database.of(stack))  # still serving, untouched
 
 

@@ -8,11 +8,13 @@ from finaiflow_ops.backup.pgbackrest import (
     PhysicalBackup,
     RepoInfo,
     WalFile,
+    abandoned_spans,
     missing_segments,
     parse_lsn,
     position,
     timeline_path,
 )
+from finaiflow_ops.pitr import pick_instant
 
 
 def wal(*names: str, at: float = 100.0) -> tuple[WalFile, ...]:
@@ -74,6 +76,23 @@ def test_a_backup_on_a_timeline_a_later_restore_abandoned_is_not_a_base() -> Non
     assert RepoInfo((full, diff), files, "ok").base_for(None) == diff  # no history: one timeline
 
 
+def test_the_spans_restores_to_a_time_went_back_over_are_abandoned() -> None:
+    """Timeline 2 began at 1000 (restore --latest: nothing abandoned), timeline 3 at 2000 by a
+    restore to 1500.25 (UTC, written by PostgreSQL with its time zone's offset)."""
+    restored_to = "1970-01-01 01:25:00.25+01"  # 1500.25 in UTC+1
+    history = f"1\t0/1C000000\tno recovery target specified\n\n2\t0/1B800000\tbefore {restored_to}\n"
+    spans = abandoned_spans(3, history, {2: 1000.0, 3: 2000.0})
+    assert spans == ((1500.25, 2000.0),)
+    info = RepoInfo((), (), "ok", timeline_path(3, history), spans)
+    assert info.abandoned_around(1700) == (1500.25, 2000.0)
+    assert info.abandoned_around(1400) is None and info.abandoned_around(2100) is None
+    # after a restore point, or with no history file known for the child: nothing known abandoned
+    assert abandoned_spans(2, '1\t0/1C000000\tat restore point "before-release-7"\n', {2: 10.0}) == ()
+    assert abandoned_spans(2, f"1\t0/1C000000\tafter {restored_to}\n", {}) == ()
+    half_hour_zone = "1\t0/1C000000\tafter 1970-01-01 05:55:00+05:30\n"
+    assert abandoned_spans(2, half_hour_zone, {2: 2000.0}) == ((1500.0, 2000.0),)
+
+
 def archiver(*, waiting: int = 0, oldest: float = 0.0, archived_ago: float | None = 10.0,
              failed_ago: float | None = None, mode: str = "on") -> Archiver:
     return Archiver(mode, 5, 1 if failed_ago is not None else 0, archived_ago, failed_ago,
@@ -94,3 +113,16 @@ def test_a_failing_archive_command_is_named_until_a_segment_is_archived_after_it
     assert not archiver(failed_ago=50, archived_ago=5).failing
     assert "the archive command fails (last failure 5 s ago, 000000010000000000000009)" in archiver(
         failed_ago=5, archived_ago=50, waiting=1, oldest=7).describe()
+
+
+def test_a_drills_random_instant_never_falls_in_an_abandoned_span() -> None:
+    gone = ((20.0, 30.0), (50.0, 60.0))  # reachable from 0 to 100: 80 s in three parts
+    assert pick_instant(0, 100, gone, 0.0) == 0.0
+    assert pick_instant(0, 100, gone, 0.25) == 20.0  # 20 s into the reachable times: the first part's end
+    assert pick_instant(0, 100, gone, 0.375) == 40.0  # 30 s in: 10 s after the first abandoned span
+    assert pick_instant(0, 100, gone, 1.0) == 100.0
+    picks = [pick_instant(0, 100, gone, k / 1000) for k in range(1001)]
+    assert all(p is not None and not any(a < p < b for a, b in gone) for p in picks)
+    assert pick_instant(0, 100, (), 0.3) == 30.0
+    assert pick_instant(25, 28, gone, 0.5) is None  # all of it abandoned
+    assert pick_instant(10, 5, (), 0.5) is None and pick_instant(7, 7, (), 0.9) == 7

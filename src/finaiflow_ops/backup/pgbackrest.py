@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from finaiflow_ops.stack import Stack
 
 __all__ = ["FULL_EVERY_DAYS", "STANZA", "ArchiveGap", "PhysicalBackup", "RepoInfo", "Repository",
-           "WalFile", "missing_segments"]
+           "WalFile", "abandoned_spans", "missing_segments"]
 
 STANZA = "main"
 REPOSITORY = "/var/lib/pgbackrest"  # in the postgres container: the pg_archive volume
@@ -78,6 +78,13 @@ class RepoInfo:
     # The newest timeline's path (its history file): each timeline on it and the LSN where the path
     # leaves it for the next; empty before a restore branched a timeline (everything is on it).
     path: tuple[tuple[int, int], ...] = ()
+    # The times a point-in-time restore went back over: from the instant it restored to, to when its
+    # new timeline began. What was committed then is on a timeline the newest one left.
+    abandoned: tuple[tuple[float, float], ...] = ()
+
+    def abandoned_around(self, when: float) -> tuple[float, float] | None:
+        """The abandoned span `when` falls in, or None."""
+        return next(((start, end) for start, end in self.abandoned if start < when < end), None)
 
     def on_path(self, backup: PhysicalBackup) -> bool:
         """Whether recovery along the newest timeline (what a restore follows) can start from
@@ -129,6 +136,31 @@ def timeline_path(timeline: int, history: str) -> tuple[tuple[int, int], ...]:
         if len(fields) >= 2 and fields[0].isdigit() and "/" in fields[1]:
             path.append((int(fields[0]), parse_lsn(fields[1])))
     return (*path, (timeline, 1 << 64))
+
+
+_REASON_TIME_RE = re.compile(
+    r"^(?:before|after) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)([+-]\d\d)(:?\d\d)?$")
+
+
+def abandoned_spans(timeline: int, history: str,
+                    started: dict[int, float]) -> tuple[tuple[float, float], ...]:
+    """What the restores on timeline `timeline`'s path went back over: for each line of its history
+    file whose reason is a recovery to a time ("before 2026-12-05 02:00:30.5+00"), from that time
+    to when the child timeline began (`started`: epoch seconds by timeline, its history file's
+    arrival in the archive). A restore to the end of the archive or to a named point abandons no
+    time that this can tell."""
+    lines = [fields for fields in (ln.split("\t") for ln in history.splitlines())
+             if len(fields) >= 3 and fields[0].strip().isdigit()]
+    children = [int(fields[0]) for fields in lines[1:]] + [timeline]
+    spans = []
+    for fields, child in zip(lines, children, strict=True):
+        match = _REASON_TIME_RE.match(fields[2].strip())
+        if match and child in started:
+            clock, hours, minutes = match.group(1), match.group(2), (match.group(3) or "00").lstrip(":")
+            at = datetime.fromisoformat(f"{clock}{hours}:{minutes}").timestamp()
+            if at < started[child]:
+                spans.append((at, started[child]))
+    return tuple(spans)
 
 
 def wal_files(entries: dict[str, dict[str, Any]]) -> list[WalFile]:
@@ -267,8 +299,9 @@ class Repository:
                            parse_lsn(b.get("lsn", {}).get("stop", "0/0")))
             for b in stanza.get("backup", []))
         entries = self._archive_listing()
+        path, abandoned = self._timelines(entries)
         return RepoInfo(backups, tuple(wal_files(entries)), str(stanza.get("status", {}).get("message", "")),
-                        self._newest_path(entries))
+                        path, abandoned)
 
     def _archive_listing(self) -> dict[str, dict[str, Any]]:
         listed = self.run("--output=json", "--recurse", "repo-ls", f"archive/{STANZA}",
@@ -276,16 +309,20 @@ class Repository:
         entries: dict[str, dict[str, Any]] = json.loads(listed or "{}")
         return entries
 
-    def _newest_path(self, entries: dict[str, dict[str, Any]]) -> tuple[tuple[int, int], ...]:
-        """The newest timeline's path, from its history file in the archive (() when none)."""
-        histories = sorted((name for name, entry in entries.items()
-                            if entry.get("type") == "file" and _HISTORY_RE.match(name.rsplit("/", 1)[-1])),
-                           key=lambda name: name.rsplit("/", 1)[-1])
+    def _timelines(self, entries: dict[str, dict[str, Any]]) -> tuple[tuple[tuple[int, int], ...],
+                                                                       tuple[tuple[float, float], ...]]:
+        """The newest timeline's path and the spans the restores on it abandoned, from its history
+        file in the archive (both empty when there is none: one timeline)."""
+        histories = {int(name.rsplit("/", 1)[-1][:8], 16): (name, float(entry.get("time", 0)))
+                     for name, entry in entries.items()
+                     if entry.get("type") == "file" and _HISTORY_RE.match(name.rsplit("/", 1)[-1])}
         if not histories:
-            return ()
-        newest = histories[-1]
-        text = self.run("repo-get", f"archive/{STANZA}/{newest}", what=f"reading {newest}").stdout
-        return timeline_path(int(newest.rsplit("/", 1)[-1][:8], 16), text)
+            return (), ()
+        newest = max(histories)
+        name = histories[newest][0]
+        text = self.run("repo-get", f"archive/{STANZA}/{name}", what=f"reading {name}").stdout
+        started = {timeline: at for timeline, (_name, at) in histories.items()}
+        return timeline_path(newest, text), abandoned_spans(newest, text, started)
 
     def verify(self) -> list[str]:
         """pgBackRest's verify: every archived segment and backup file read and checksummed.
