@@ -60,7 +60,6 @@ REQUIRED_SERIES = {
 FRESH_SECONDS = 60.0  # six scrape intervals
 SETTLE_SECONDS = 30.0  # DNS discovery refresh (10 s) + a scrape (10 s), with slack
 BACKUP_MAX_AGE_HOURS = 26.0  # a daily backup, plus two hours of slack
-CERT_MIN_DAYS = 14  # as the ssl checklist item: renewal (at 30 days left) is failing by then
 # The services people know by another name, so a failure names what they look for.
 KNOWN_AS = {"postgres": "PostgreSQL", "redis": "Redis", "database": "PostgreSQL", "cache": "Redis"}
 
@@ -314,10 +313,11 @@ def check(
     *,
     url: str | None = None,
     backup_max_age_hours: float = BACKUP_MAX_AGE_HOURS,
-    cert_min_days: float = CERT_MIN_DAYS,
+    cert_min_days: float | None = None,
 ) -> CheckReport:
     """The runbook's verification in one call: services, /health through nginx, metrics scraped,
-    Prometheus targets and rules, alerts, newest backup age, certificate days left.
+    Prometheus targets and rules, alerts, newest backup age, certificate days left (more than
+    `cert_min_days`; default: the certificate's expiry margin, tls.certs.EXPIRY_MARGIN_DAYS).
 
     Every item is checked even when an earlier one fails: the report shows all that is wrong.
     """
@@ -509,7 +509,8 @@ def _archive(stack: Stack) -> tuple[Status, str]:
     return ("warn" if archiver.failing else "ok"), archiver.describe()
 
 
-def _certificate(stack: Stack, base: str, min_days: float) -> tuple[Status, str]:
+def _certificate(stack: Stack, base: str, min_days: float | None) -> tuple[Status, str]:
+    from finaiflow_ops.tls.certs import expiry_margin_days
     from finaiflow_ops.tls.check import served_certificate
 
     parts = urlsplit(base)
@@ -520,6 +521,8 @@ def _certificate(stack: Stack, base: str, min_days: float) -> tuple[Status, str]
     days = (cert.not_valid_after_utc - datetime.now(UTC)).total_seconds() / 86400
     detail = (f"{cert.subject.rfc4514_string()} served for {servername} expires "
               f"{cert.not_valid_after_utc:%Y-%m-%d} ({days:.1f} days left)")
-    if days <= min_days:
-        return "fail", f"{detail}, {min_days:g} days or fewer"
+    margin = min_days if min_days is not None else expiry_margin_days(cert.not_valid_before_utc,
+                                                                      cert.not_valid_after_utc)
+    if days <= margin:
+        return "fail", f"{detail}, {margin:g} days or fewer"
     return "ok", detail

@@ -239,8 +239,11 @@ def certificate_expiring_in_5_days(stack: Stack, base_url: str) -> Iterator[Sequ
     from finaiflow_ops import tls
     from finaiflow_ops.tls.devca import ensure_dev_ca, issue_from_dev_ca
 
-    # `tls install` refuses such a certificate, as it should: put it in place behind its back.
-    cert, key = issue_from_dev_ca(tls.configured_domains(stack.env), ca=ensure_dev_ca(), days=5)
+    # A 90-day certificate whose renewal failed: 5 days left, under its 14-day margin (a 5-day
+    # certificate would not be expiring: its margin is a sixth of its lifetime). `tls install`
+    # refuses such a certificate, as it should: put it in place behind its back.
+    cert, key = issue_from_dev_ca(tls.configured_domains(stack.env), ca=ensure_dev_ca(), days=5,
+                                  issued_days_ago=85)
     try:
         _put_files(stack, "nginx", "/etc/nginx/ssl", {"cert.pem": (cert, 0o644), "key.pem": (key, 0o600)})
         stack.exec("nginx", ["nginx", "-s", "reload"])

@@ -253,6 +253,16 @@ def test_issue_drops_no_request(issued: Issued) -> None:
     assert not load.failures, f"{failed} of {load.requests} requests failed: {load.failures}"
 
 
+def test_the_short_lived_certificate_is_checked_against_a_sixth_of_its_lifetime(
+        local_stack: Stack, issued: Issued) -> None:
+    """6 days of validity: 14 days left cannot be asked of it (every check would fail from its
+    first minute); its margin is a day, half its renewal window."""
+    findings = {f.check: f for f in tls.check_stack_endpoint(local_stack, verify=False).findings}
+    assert findings["certificate valid for more than 1 days"].ok, findings
+    fixed = {f.check: f for f in tls.check_stack_endpoint(local_stack, verify=False, min_days=14).findings}
+    assert not fixed["certificate valid for more than 14 days"].ok, fixed
+
+
 def test_forced_renewal_under_load_swaps_the_certificate_without_restart(
         local_stack: Stack, domain: str, acme: tls.AcmeOptions, issued: Issued, base_url: str) -> None:
     before = tls.served_fingerprint(local_stack, domain)

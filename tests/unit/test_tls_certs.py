@@ -114,6 +114,13 @@ def test_the_default_window_is_the_last_third_of_the_lifetime(intermediate: trus
         assert renewal_due(info, renewal_time(info))
 
 
+@pytest.mark.parametrize(("lifetime_days", "margin"), [(90, 14.0), (45, 7.5), (6, 1.0), (365, 14.0)])
+def test_the_expiry_margin_is_14_days_or_a_sixth_of_a_shorter_lifetime(lifetime_days: int,
+                                                                      margin: float) -> None:
+    start = datetime(2027, 2, 1, tzinfo=UTC)
+    assert certs.expiry_margin_days(start, start + timedelta(days=lifetime_days)) == margin
+
+
 def test_a_missing_intermediate_is_refused(root: trustme.CA, intermediate: trustme.CA) -> None:
     _, key, pems = pair(intermediate)
     result = validate(pems[0], key, domains=[DOMAIN], anchors=anchors(root))

@@ -41,7 +41,7 @@ def test_the_stacks_own_endpoint_is_checked_by_default(stack: Stack, checked: di
     assert checked["url"] == "https://127.0.0.1:8443" and checked["http_url"] == "http://127.0.0.1:8080"
     assert checked["servername"] == "app.example.org"
     assert checked["installed_fingerprint"] == "ab:cd"  # the stack's own: compared with what it installed
-    assert checked["verify"] is True and checked["min_days"] == 14
+    assert checked["verify"] is True and checked["min_days"] is None  # the expiry margin
 
 
 def test_a_given_url_is_checked_as_it_is(stack: Stack, checked: dict[str, Any]) -> None:

@@ -18,10 +18,10 @@ _COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
 @click.option("--url", default=None, help="The HTTPS URL nginx serves at (default: what nginx publishes).")
 @click.option("--max-backup-age", default=monitoring.BACKUP_MAX_AGE_HOURS, show_default=True,
               type=click.FloatRange(min=0), help="Hours the newest verified backup may be old.")
-@click.option("--min-cert-days", default=float(monitoring.CERT_MIN_DAYS), show_default=True,
-              type=click.FloatRange(min=0), help="Days the served certificate must still be valid.")
+@click.option("--min-cert-days", default=None, type=click.FloatRange(min=0),
+              help="Days the served certificate must still be valid [14, or a sixth of a shorter lifetime].")
 @pass_options
-def check(opts: Options, url: str | None, max_backup_age: float, min_cert_days: float) -> None:
+def check(opts: Options, url: str | None, max_backup_age: float, min_cert_days: float | None) -> None:
     """Verify the deployment: services, /health, metrics, targets, alerts, backup age, WAL archiving,
     certificate.
 

@@ -142,12 +142,13 @@ def tls_inspect(opts: Options, file: str) -> None:
 @click.option("--dev-ca", is_flag=True, help="Verify against the development CA.")
 @click.option("--insecure", is_flag=True, help="Do not verify the certificate chain.")
 @click.option("--http-url", default=None, help="Plain-HTTP URL that must redirect [port 80].")
-@click.option("--min-days", default=14, show_default=True, help="Days the certificate must still be valid.")
+@click.option("--min-days", default=None, type=click.FloatRange(min=0),
+              help="Days the certificate must still be valid [14, or a sixth of a shorter lifetime].")
 @click.option("--installed/--no-installed", default=None,
               help="Compare with the certificate installed in the stack [yes when URL is omitted].")
 @pass_options
 def tls_check(opts: Options, url: str | None, servername: str | None, ca_file: str | None, dev_ca: bool,
-              insecure: bool, http_url: str | None, min_days: int, installed: bool | None) -> None:
+              insecure: bool, http_url: str | None, min_days: float | None, installed: bool | None) -> None:
     """Check a live HTTPS endpoint (default: the stack's): TLS 1.2+ only, certificate, HSTS, redirect."""
     if dev_ca:
         ca_file = str(tls.ensure_dev_ca().cert_path)

@@ -27,6 +27,7 @@ from finaiflow_ops.errors import CertificateRejected
 
 __all__ = [
     "DEFAULT_RENEW_WINDOW_DAYS",
+    "EXPIRY_MARGIN_DAYS",
     "RENEW_FRACTION",
     "CertificateInfo",
     "CertificateRejected",
@@ -35,6 +36,7 @@ __all__ = [
     "configured_domains",
     "covers",
     "describe",
+    "expiry_margin_days",
     "fingerprint",
     "inspect_pem",
     "load_certificates",
@@ -52,6 +54,11 @@ __all__ = [
 # window instead (`--window DAYS`).
 RENEW_FRACTION = 3
 DEFAULT_RENEW_WINDOW_DAYS: int | None = None
+# A served certificate is "expiring" (`check` and `tls check` fail, CertificateExpiresSoon warns)
+# with less than its margin left: 14 days, or for a short-lived one a sixth of its lifetime (half its
+# renewal window: renewal has failed for that long). 14 days of a 90-day certificate, 7.5 of a
+# 45-day one, 1 of a 6-day one; a fixed 14 days would fail every certificate shorter than 15 days.
+EXPIRY_MARGIN_DAYS = 14.0
 
 PrivateKey = (
     rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
@@ -260,6 +267,12 @@ def trust_anchors(extra: Iterable[bytes] = ()) -> tuple[x509.Certificate, ...]:
 def renewal_time(info: CertificateInfo) -> datetime:
     """When a certificate is due for renewal: a third of its lifetime before it expires."""
     return info.not_after - (info.not_after - info.not_before) / RENEW_FRACTION
+
+
+def expiry_margin_days(not_before: datetime, not_after: datetime) -> float:
+    """Days a certificate with this validity must still have left (see EXPIRY_MARGIN_DAYS)."""
+    lifetime = (not_after - not_before).total_seconds() / 86400
+    return min(EXPIRY_MARGIN_DAYS, lifetime / (2 * RENEW_FRACTION))
 
 
 def renewal_due(info: CertificateInfo, now: datetime | None = None) -> bool:

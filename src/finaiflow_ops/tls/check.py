@@ -21,6 +21,7 @@ import socket
 import ssl
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,7 +29,7 @@ from cryptography import x509
 
 from finaiflow_ops import http
 from finaiflow_ops.errors import UsageError
-from finaiflow_ops.tls.certs import CertificateInfo, covers, describe
+from finaiflow_ops.tls.certs import CertificateInfo, covers, describe, expiry_margin_days
 
 __all__ = [
     "MIN_HSTS_SECONDS",
@@ -150,14 +151,16 @@ def check_endpoint(
     verify: bool = True,
     installed_fingerprint: str | None = None,
     http_url: str | None = None,
-    min_days: int = 14,
+    min_days: float | None = None,
     min_hsts: int = MIN_HSTS_SECONDS,
     timeout: float = 10.0,
 ) -> EndpointReport:
     """Check a live HTTPS endpoint; `servername` when `url` names an address (like curl --resolve).
 
     `ca_file` verifies against that CA (a development CA) instead of the system's roots;
-    `http_url` is the plain-HTTP address to expect a redirect from (default: port 80 of the host).
+    `http_url` is the plain-HTTP address to expect a redirect from (default: port 80 of the host);
+    `min_days` the days the certificate must still have left (default: its expiry margin, 14 days
+    or a sixth of a shorter-lived certificate's lifetime: certs.EXPIRY_MARGIN_DAYS).
     """
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -177,8 +180,10 @@ def check_endpoint(
         findings.append(_trust_finding(host, port, name, ca_file, timeout))
     findings.append(Finding(f"certificate covers {name}", covers(info.sans, name),
                             f"names: {', '.join(info.sans) or 'none'}"))
-    findings.append(Finding(f"certificate valid for more than {min_days} days", info.days_left > min_days,
-                            f"{info.days_left} days left (until {info.not_after:%Y-%m-%d})"))
+    margin = min_days if min_days is not None else expiry_margin_days(info.not_before, info.not_after)
+    left = (info.not_after - datetime.now(UTC)).total_seconds() / 86400
+    findings.append(Finding(f"certificate valid for more than {margin:g} days", left > margin,
+                            f"{left:.1f} days left (until {info.not_after:%Y-%m-%d %H:%M} UTC)"))
     if installed_fingerprint:
         same = installed_fingerprint.lower() == info.fingerprint
         findings.append(Finding("served certificate is the installed one", same,

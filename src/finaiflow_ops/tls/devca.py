@@ -108,9 +108,11 @@ def ensure_dev_ca(directory: Path | None = None) -> DevCA:
 
 
 def issue_from_dev_ca(
-    domains: Sequence[str], *, ca: DevCA, days: int = LEAF_DAYS, ips: Sequence[str] = ("127.0.0.1",)
+    domains: Sequence[str], *, ca: DevCA, days: int = LEAF_DAYS, ips: Sequence[str] = ("127.0.0.1",),
+    issued_days_ago: int = 0,
 ) -> tuple[bytes, bytes]:
-    """A server certificate for `domains` (and localhost, `ips`) signed by the CA: (cert PEM, key PEM)."""
+    """A server certificate for `domains` (and localhost, `ips`) signed by the CA, valid for `days`
+    more days (and from `issued_days_ago` days ago): (cert PEM, key PEM)."""
     if not domains:
         raise UsageError("no domain to issue the development certificate for", hint="set DOMAIN in .env")
     ca_cert, ca_key = ca.load()
@@ -123,7 +125,8 @@ def issue_from_dev_ca(
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
         .issuer_name(ca_cert.subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=days))
+        .not_valid_before(now - timedelta(days=issued_days_ago, hours=1))
+        .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -20,7 +20,7 @@ def check_stack_endpoint(
     installed: bool | None = None,
     ca_file: str | None = None,
     verify: bool = True,
-    min_days: int = 14,
+    min_days: float | None = None,
 ) -> EndpointReport:
     """`check_endpoint` with the stack's defaults. Without `url`: the HTTPS URL nginx publishes, the
     plain-HTTP one that must redirect, and the stack's first domain as the name to ask for. The
