@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-import httpx
-
 from finaiflow_ops import http, polling
 from finaiflow_ops.errors import HealthTimeout
 from finaiflow_ops.progress import Progress
@@ -72,6 +70,8 @@ def probe(url: str, *, timeout: float = 5.0, verify: bool | str = False, host: s
     the api refuses an address as Host and the certificate is for the name (finaiflow_ops.http).
     `host` is a name asked for whatever `url` names.
     """
+    import httpx
+
     start = time.monotonic()
     try:
         with http.client(url, domain=domain, servername=host, verify=verify, timeout=timeout) as client:

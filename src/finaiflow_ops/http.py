@@ -26,15 +26,16 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
+if TYPE_CHECKING:  # imported where a client is made: every command loads this module, few make requests
+    import httpx
 
 __all__ = ["client", "host_header", "is_address", "servername_for"]
 
 Verify = bool | str | ssl.SSLContext
-RequestHook = Callable[[httpx.Request], None]
+RequestHook = Callable[["httpx.Request"], None]
 
 
 def is_address(host: str) -> bool:
@@ -82,6 +83,8 @@ def client(
     `verify=False` by default, like the rest of the library's probes: a staging certificate is
     often self-signed; pass True, a CA file or an SSLContext to verify (against the name asked for).
     """
+    import httpx
+
     parts = urlsplit(url)
     name = (servername or servername_for(url, domain) or "").strip().lower().rstrip(".")
     hooks: dict[str, list[Callable[..., Any]]] = dict(kwargs.pop("event_hooks", None) or {})
