@@ -332,6 +332,27 @@ def test_the_pitr_drill_restores_an_instant_into_a_scratch_container_and_compare
     assert not docker("volume", "ls", "-q", "--filter", scratch).stdout.split()
 
 
+def test_before_release_brings_the_database_back_to_just_before_that_deploys_migrations(
+        stack: Stack, archived: Archived) -> None:
+    """The operator's way back from a bad migration: the deploy recorded a restore point just
+    before its migrations; what was committed before it stays, what came after goes."""
+    db = Database.of(stack)
+    db.psql(f"INSERT INTO {TABLE} VALUES (900001)")  # noqa: S608 - committed before the deploy
+    running = stack.env.get("API_IMAGE") or "finaiflow/api:1.0.0"
+    other = next(i for i in ("finaiflow/api:1.1.0", "finaiflow/api:1.0.0") if i != running)
+    deployed = project_cli(stack, "--json", "deploy", "api", "--image", other, "--standby", "0",
+                           "--no-backup")
+    assert deployed.returncode == 0, deployed.stderr
+    release = json.loads(deployed.stdout)["release"]
+    assert release["restore_point"], release
+    Database.of(stack).psql(f"INSERT INTO {TABLE} VALUES (900002)")  # noqa: S608 - after it
+    result = project_cli(stack, "--yes", "restore", "--before-release", str(release["id"]))
+    assert result.returncode == 0, result.stderr
+    print(f"\nrestore --before-release {release['id']}: {result.stdout.strip()}")
+    ids = ids_of(Database.of(stack))
+    assert 900001 in ids and 900002 not in ids, ids[-5:]
+
+
 def test_retention_expires_the_oldest_backup_but_keeps_the_wal_the_kept_one_needs(
         stack: Stack, archived: Archived) -> None:
     repo = Repository(stack)
