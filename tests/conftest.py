@@ -20,7 +20,7 @@ its database). The unit tests go to whichever worker is free.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +199,17 @@ SECOND_PROJECT = "finaiflow-second"
 SECOND_PORTS = {"http_port": 18080, "https_port": 18443, "prometheus_port": 19090, "alertmanager_port": 19093}
 
 
+# What removes the second stack once the last test using it is done (pytest_runtest_teardown).
+_second_stack_done: list[Callable[[], None]] = []
+
+
 @pytest.fixture(scope="session")
 def second_stack(target: Target,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Receiver]]:
     """Brought up as `stack up` does it (the pgBackRest stanza included), with a development
-    certificate and an alert receiver of its own; removed with its volumes at the end."""
+    certificate and an alert receiver of its own; removed with its volumes right after the last
+    test that uses it, not at the end of the session: its containers would cost the CPU the
+    worker's next group and the other workers need."""
     if not target.is_local:
         pytest.skip("the second stack is brought up on the local engine")
     project_dir = tmp_path_factory.mktemp("second-stack")
@@ -213,17 +219,35 @@ def second_stack(target: Target,
     values = envfile.generate(rate_limit_rps=LOCAL_RATE_LIMIT, project_name=SECOND_PROJECT, **SECOND_PORTS)
     envfile.write(project_dir / ".env", values | receiver_settings())
     st = Stack(target, str(project_dir))
+    removed = False
+
+    def remove() -> None:
+        nonlocal removed
+        if not removed:
+            removed = True
+            receiver.remove()
+            st.down(volumes=True)
+            shutil.rmtree(project_dir)
+
     # Before the stack: Alertmanager's first heartbeat must not fail (it would fail `check`).
     receiver = start_receiver(target, SECOND_PROJECT, name=f"{SECOND_PROJECT}-receiver")
+    _second_stack_done.append(remove)
     try:
         st.up(timeout=300)
         Repository(st).ensure_stanza()
         tls.install_dev_certificate(st)
         yield st, receiver
     finally:
-        receiver.remove()
-        st.down(volumes=True)
-        shutil.rmtree(project_dir)
+        remove()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """The second stack goes once the test after this one does not use it (the tests that do run
+    one after the other: one group, see GROUP_ORDER)."""
+    if "second_stack" in getattr(item, "fixturenames", ()) and (
+            nextitem is None or "second_stack" not in getattr(nextitem, "fixturenames", ())):
+        while _second_stack_done:
+            _second_stack_done.pop()()
 
 
 @pytest.fixture(scope="session")
