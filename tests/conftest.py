@@ -241,9 +241,12 @@ def second_stack(target: Target,
         remove()
 
 
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """The second stack goes once the test after this one does not use it (the tests that do run
-    one after the other: one group, see GROUP_ORDER)."""
+    one after the other: one group, see GROUP_ORDER), after this test's fixtures were torn down
+    (a module's fixture may still need the stack for its own teardown)."""
+    yield
     if "second_stack" in getattr(item, "fixturenames", ()) and (
             nextitem is None or "second_stack" not in getattr(nextitem, "fixturenames", ())):
         while _second_stack_done:

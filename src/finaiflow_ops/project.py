@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from finaiflow_ops import envfile
+from finaiflow_ops.container_exec import exec_answered
 from finaiflow_ops.errors import CommandFailed, EnvFileError, UsageError
 from finaiflow_ops.target import CommandResult, Target
 
@@ -191,17 +192,15 @@ class Project:
         return self.redact(raw.decode(errors="replace"))
 
     def exec_in(
-        self, container: Container, service: str, argv: Sequence[str], *, user: str = "", check: bool = True
+        self, container: Container, service: str, argv: Sequence[str], *, user: str = "", check: bool = True,
+        expect_output: bool = False,
     ) -> CommandResult:
-        """Run a command inside `container` (of `service`); with `check`, CommandFailed on failure."""
-        code, streams = container.exec_run(list(argv), user=user, demux=True)
-        out, err = cast("tuple[bytes | None, bytes | None]", streams)
-        result = CommandResult(
-            tuple(argv),
-            code or 0,
-            (out or b"").decode(errors="replace"),
-            (err or b"").decode(errors="replace"),
-        )
+        """Run a command inside `container` (of `service`); with `check`, CommandFailed on failure.
+        `expect_output`: a command that always prints (a `cat`) is run once more when it printed
+        nothing (container_exec)."""
+        done = exec_answered(container, argv, lambda r: bool(r.stdout.strip()), repeat=expect_output,
+                             pause=0.5, user=user)
+        result = CommandResult(tuple(argv), done.exit_code, done.text, done.error)
         if check and not result.ok:
             raise CommandFailed(
                 f"`{' '.join(argv[:3])}` failed in {service} (exit {result.exit_status})",

@@ -47,9 +47,11 @@ class Stack(Project):
         on whichever node runs it."""
         return self.runtime.container(service)
 
-    def exec(self, service: str, argv: Sequence[str], *, user: str = "", check: bool = True) -> CommandResult:
-        """Run a command inside a running container of `service`."""
-        return self.exec_in(self.container(service), service, argv, user=user, check=check)
+    def exec(self, service: str, argv: Sequence[str], *, user: str = "", check: bool = True,
+             expect_output: bool = False) -> CommandResult:
+        """Run a command inside a running container of `service` (see Project.exec_in)."""
+        return self.exec_in(self.container(service), service, argv, user=user, check=check,
+                            expect_output=expect_output)
 
     def psql(self, sql: str, *, database: str | None = None) -> list[list[str]]:
         """Run one SQL statement with psql inside the database container; rows as lists of fields."""

@@ -10,13 +10,14 @@ from finaiflow_ops.container_exec import ExecResult, exec_answered
 class FakeContainer:
     """Answers exec_run from a script of (exit code, stdout, stderr)."""
 
-    def __init__(self, *answers: tuple[int, bytes | None, bytes | None]) -> None:
+    def __init__(self, *answers: tuple[int | None, bytes | None, bytes | None]) -> None:
         self.answers = list(answers)
         self.calls: list[list[str]] = []
 
-    def exec_run(self, argv: Sequence[str], demux: bool) -> tuple[int, tuple[bytes | None, bytes | None]]:
+    def exec_run(self, argv: Sequence[str], user: str,
+                 demux: bool) -> tuple[int | None, tuple[bytes | None, bytes | None]]:
         assert demux
-        self.calls.append(list(argv))
+        self.calls.append([*argv, *([f"(as {user})"] if user else [])])
         code, out, err = self.answers.pop(0)
         return code, (out, err)
 
@@ -49,3 +50,9 @@ def test_a_call_that_may_not_be_repeated_is_made_once() -> None:
     container = FakeContainer((0, None, None), (0, b"applied twice", None))
     result = exec_answered(container, ["curl", "-X", "POST"], has_output, repeat=False, pause=0)
     assert result == ExecResult(0, b"", b"") and len(container.calls) == 1
+
+
+def test_the_user_is_passed_and_an_exit_code_the_engine_did_not_give_is_0() -> None:
+    container = FakeContainer((None, b"-----BEGIN CERTIFICATE-----", None))
+    result = exec_answered(container, ["cat", "cert.pem"], has_output, user="nginx", pause=0)
+    assert result.exit_code == 0 and container.calls == [["cat", "cert.pem", "(as nginx)"]]

@@ -182,7 +182,7 @@ def check_endpoint(
                             f"names: {', '.join(info.sans) or 'none'}"))
     margin = min_days if min_days is not None else expiry_margin_days(info.not_before, info.not_after)
     left = (info.not_after - datetime.now(UTC)).total_seconds() / 86400
-    findings.append(Finding(f"certificate valid for more than {margin:g} days", left > margin,
+    findings.append(Finding(f"certificate valid for more than {margin:.3g} days", left > margin,
                             f"{left:.1f} days left (until {info.not_after:%Y-%m-%d %H:%M} UTC)"))
     if installed_fingerprint:
         same = installed_fingerprint.lower() == info.fingerprint

@@ -95,8 +95,8 @@ def read_file(target: Target, path: str, *, what: str = "file") -> bytes:
 
 def read_installed(stack: Stack) -> InstalledPair:
     """The pair in nginx's volume, read through the running nginx container."""
-    cert = stack.exec(SERVICE, ["cat", f"{SSL_DIR}/cert.pem"]).stdout.encode()
-    key = stack.exec(SERVICE, ["cat", f"{SSL_DIR}/key.pem"]).stdout.encode()
+    cert = stack.exec(SERVICE, ["cat", f"{SSL_DIR}/cert.pem"], expect_output=True).stdout.encode()
+    key = stack.exec(SERVICE, ["cat", f"{SSL_DIR}/key.pem"], expect_output=True).stdout.encode()
     return InstalledPair(cert, key)
 
 
