@@ -177,6 +177,7 @@ class Gate:
         """Run one switch; record its window (start, end + settle) and what it measured."""
         print(f"[gate] {phase} ({kind}) ...", file=sys.stderr, flush=True)
         start = time.time()
+        _command_start[0] = time.monotonic()
         result = action()
         end = time.time()
         time.sleep(self.settle)
@@ -208,8 +209,12 @@ class Gate:
                            env={var: image}, timeout=300)
 
 
+_command_start = [time.monotonic()]  # set when each switch's command starts (Gate.run)
+
+
 def _progress(message: str) -> None:
-    print(f"         {message}", file=sys.stderr, flush=True)
+    """A progress line of our command, with the seconds since it started (where the time goes)."""
+    print(f"  {time.monotonic() - _command_start[0]:5.2f}s {message}", file=sys.stderr, flush=True)
 
 
 def run_gate(args: argparse.Namespace) -> dict[str, Any]:

@@ -207,6 +207,9 @@ def test_rollback_under_load_returns_to_the_previous_release_in_seconds(
     assert version(base_url) == image_version(stack, other)
     assert result.switch_seconds < 10, f"traffic back only after {result.switch_seconds} s: {result.phases}"
     assert result.standby.startswith("used: "), result.standby
+    # Nothing was left to repair: the switching flag the rollback raised first for its clients is its
+    # own, kept up through the switch (once taken for a leftover, and cleared before the switch).
+    assert not result.repaired, result.repaired
     assert set(result.containers) == set(kept.containers)
     assert_settled(stack, other, 2)
     assert (result.release.image, result.release.kind) == (other, "rollback")
@@ -387,18 +390,21 @@ def test_lock_status_and_release_from_the_command_line(stack: Stack, found: Foun
 # The progress line after which each phase is under way, and the command that must repair it.
 # After scale-up, the killed deploy is a redeploy of the running image on nginx's `server api:8000`:
 # the hardest case to tell old from new (same image, no names in the upstream).
+# After scale-up: the gate's first word on the new container, whichever it is (a container found
+# ready at the first look, as when the migrations beside its start took longer under load, is never
+# said to be starting).
 KILL_AT = {
-    "before-scale-up": ("running migrations", "deploy"),
-    "after-scale-up": ("Docker health starting", "deploy"),
-    "after-nginx-switch": ("traffic on", "rollback"),
-    "during-old-container-stop": ("stopping", "rollback"),
+    "before-scale-up": (("running migrations",), "deploy"),
+    "after-scale-up": (("Docker health", "healthy, /health answered"), "deploy"),
+    "after-nginx-switch": (("traffic on",), "rollback"),
+    "during-old-container-stop": (("stopping",), "rollback"),
 }
 
 
 @pytest.mark.parametrize("phase", list(KILL_AT))
 def test_a_deploy_killed_at_any_phase_is_repaired_by_the_next_command(
         stack: Stack, base_url: str, found: Found, other: str, phase: str) -> None:
-    marker, repair = KILL_AT[phase]
+    markers, repair = KILL_AT[phase]
     on_release(stack, found.image, found.replicas)
     killed = other
     if phase == "after-scale-up":
@@ -413,11 +419,11 @@ def test_a_deploy_killed_at_any_phase_is_repaired_by_the_next_command(
         deadline = time.monotonic() + 120
         for line in proc.stderr:  # progress lines, as they come
             seen.append(line.strip())
-            if marker in line or time.monotonic() > deadline:
+            if any(marker in line for marker in markers) or time.monotonic() > deadline:
                 break
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        assert marker in seen[-1], f"never reached {marker!r}: {seen}"
+        assert any(marker in seen[-1] for marker in markers), f"never reached {markers!r}: {seen}"
         assert releases.lock_status(stack).stale, "the killed deploy should have left its lock behind"
         if repair == "deploy":
             result = rollout.deploy(stack, SERVICE, other, backup=False)

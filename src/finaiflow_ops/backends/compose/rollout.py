@@ -246,7 +246,7 @@ class ComposeRollout:
                     lambda: set_env_value(self.project, self.spec.image_var, image),
                 )
             )
-        if state.switching:
+        if state.switching and not self._leading:  # a rollback's own lead (lead_for_standby) is no leftover
             fixes.append(("clear the switching flag an interrupted command left in nginx",
                           lambda: self.proxy.set_switching(False)))
         return [
