@@ -95,6 +95,7 @@ class ComposeRollout:
         self.closing_since = time.monotonic()
         self._closing = contextlib.ExitStack()
         self._leading = False  # the switching flag is raised (connections_closing)
+        self.spec = self._describe_service()
         self._new: list[ContainerInfo] = []
         self._reload: Reload | None = None
         self._drain_seconds = 0.0
@@ -105,13 +106,6 @@ class ComposeRollout:
         self._standby_broken = False  # found unhealthy or unreachable: removed without grace
 
     # -- facts ------------------------------------------------------------------------------------
-
-    @cached_property
-    def spec(self) -> _Service:
-        """Read on first need, under the deploy lock: a rollback to the warm standby raises the
-        clients' lead first (lead_for_standby), and these reads (two compose calls, the upstream)
-        run during it instead of before it."""
-        return self._describe_service()
 
     def _describe_service(self) -> _Service:
         with ThreadPoolExecutor(max_workers=1) as pool:  # the two compose calls side by side
