@@ -384,6 +384,7 @@ class ComposeRollout:
         standing, why = self.usable_standby(roll, release)
         if standing:
             self._lead()  # the lead runs during the checks
+            self.say(f"checking the warm standby {names(standing)}: {HEALTH_PATH} from {self.proxy.service}")
             for c in standing:
                 status = self.proxy.probe(c.name, self.spec.port, HEALTH_PATH)
                 if status != 200:
@@ -625,6 +626,8 @@ class ComposeRollout:
         kept = self.kept
         if kept is not None and not kept.expired:
             self._lead()
+            self.say(f"warm standby {kept.label}: HTTP/1.1 clients are told to reconnect while the "
+                     "rollback reads and checks")
 
     def sleep_until_clients_reconnected(self) -> None:
         """The health gate usually took longer than KEEPALIVE_LEAD already; otherwise wait the rest."""
