@@ -76,6 +76,13 @@ class SwarmBackend:
         where = f"{service} of swarm stack {self.project.name} on node {self.swarm.node_name(task.node_id)}"
         return Located(tuple(docker_argv), container_id, where)
 
+    def wait_healthy(self, services: Sequence[str], *, timeout: float,
+                     progress: Progress | None = None) -> None:  # fmt: skip
+        """Until each service runs its wanted number of healthy tasks, on whichever nodes (a
+        task counts as running only once its health check passed): a replaced task's exited
+        container, kept by the engine, is no failure here."""
+        self.swarm.wait_converged(services, timeout=timeout, progress=progress)
+
     def one_off_where(self, image: str) -> str:
         return f"as a swarm job of {image}"
 
