@@ -1,10 +1,12 @@
 """The pure parts of backup.cluster_host: which swarm node holds the database volumes, and the
-`docker run` of a one-off container of the postgres service's spec on it."""
+`docker run` of a one-off container of the postgres service's spec on it; and when a swarm task's
+container counts as settled (serve_again waits for the api's after a restore)."""
 
 from __future__ import annotations
 
 import pytest
 
+from finaiflow_ops.backends.swarm.cluster import settled
 from finaiflow_ops.backup.cluster_host import ONE_OFF_LABEL, db_node, one_off_argv
 from finaiflow_ops.errors import UsageError
 
@@ -61,3 +63,16 @@ def test_a_one_off_keeps_the_spec_s_user() -> None:
     argv = one_off_argv(["docker"], {**SPEC, "User": "postgres"}, image="i", label="p", entrypoint="sh",
                         args=["-c", "true"])
     assert argv[argv.index("--user") + 1] == "postgres"
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    ({"Status": "running", "Health": {"Status": "healthy", "FailingStreak": 0}}, True),
+    ({"Status": "running"}, True),  # no health check
+    ({"Status": "running", "Health": {"Status": "healthy", "FailingStreak": 2}}, False),  # failing since
+    ({"Status": "running", "Health": {"Status": "unhealthy", "FailingStreak": 3}}, False),  # to be replaced
+    ({"Status": "running", "Health": {"Status": "starting", "FailingStreak": 0}}, False),
+    ({"Status": "exited", "Health": {"Status": "healthy", "FailingStreak": 0}}, False),
+])
+def test_a_swarm_task_is_settled_once_its_container_passed_its_last_health_check(
+        state: dict[str, object], expected: bool) -> None:
+    assert settled(state) is expected
