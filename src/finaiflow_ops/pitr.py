@@ -18,6 +18,8 @@ restore --to-time T | --latest:
      the downtime is measured from the stop to the healthy api.
 A run killed at any point leaves a state file beside the releases (PROJECT_DIR/.finaiflow/); the next
 restore resumes it, keeping the first safety copy, and names what to do otherwise.
+On a swarm, the stop, the copy, the one-off containers and the start happen on the engine of the
+database node, which holds the volumes (backup.cluster_host).
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PitrDrillResult", "PitrResult", "drill", "interrupted", "pending", "restore_to"]
 
-SERVICE = "postgres"
 STATE_FILE = "pitr-restore.json"
 MARK = "/var/lib/pgbackrest/restore-in-progress"  # in the repository volume: see the image's entrypoint
 _LAST_TX_RE = re.compile(r"last completed transaction was at log time ([0-9: .+-]+)")

@@ -156,8 +156,12 @@ def test_point_in_time_restore_on_the_database_node(cluster: Deployed) -> None:
         drill = json.loads(ok(cluster.cli("--json", "restore", "drill", "--pitr")))
         assert drill["heartbeats"] > 0, drill
         restored = ok(cluster.cli("--yes", "restore", "--to-time", instant.isoformat()))
-        print(f"\n[multinode] restore --to-time: {restored.strip()[-300:]}")
+        print(f"\n[multinode] restore --to-time: {restored.strip()[-600:]}")
         assert "downtime" in restored, restored
+        replaced = cluster.on(cluster.nodes[0], "service", "ps", f"{PROJECT}_api", "--filter",
+                              "desired-state=shutdown", "--format", "{{.Name}} {{.CurrentState}} {{.Error}}")
+        replaced_tasks = replaced.stdout.strip().replace("\n", "; ")
+        print(f"[multinode] api tasks the engine replaced: {replaced_tasks or 'none'}")
         assert _rows(cluster, f"SELECT id FROM {table} ORDER BY id") == [["1"]]  # noqa: S608
         assert _nodes_of(cluster, "postgres") == [manager]
         with httpx.Client(verify=False, timeout=10) as client:
