@@ -18,6 +18,8 @@ restore --to-time T | --latest:
      the downtime is measured from the stop to the healthy api.
 A run killed at any point leaves a state file beside the releases (PROJECT_DIR/.finaiflow/); the next
 restore resumes it, keeping the first safety copy, and names what to do otherwise.
+On a swarm, the stop, the copy, the one-off containers and the start happen on the engine of the
+database node, which holds the volumes (backup.cluster_host).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from finaiflow_ops import health, polling
+from finaiflow_ops import polling
+from finaiflow_ops.backup import cluster_host
 from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.errors import RestoreFailed
 from finaiflow_ops.backup.pgbackrest import (
@@ -46,11 +49,11 @@ from finaiflow_ops.progress import Progress, or_quiet
 from finaiflow_ops.restore import serve_again
 
 if TYPE_CHECKING:
+    from finaiflow_ops.backup.cluster_host import ClusterHost
     from finaiflow_ops.stack import Stack
 
 __all__ = ["PitrDrillResult", "PitrResult", "drill", "interrupted", "pending", "restore_to"]
 
-SERVICE = "postgres"
 STATE_FILE = "pitr-restore.json"
 MARK = "/var/lib/pgbackrest/restore-in-progress"  # in the repository volume: see the image's entrypoint
 _LAST_TX_RE = re.compile(r"last completed transaction was at log time ([0-9: .+-]+)")
@@ -161,17 +164,13 @@ def restore_to(stack: Stack, when: datetime | None, *, point: str = "",
     """Bring the database cluster back to `when` (None: the last archived transaction), or to the
     restore point named `point`, made at `when` (a deploy's, just before its migrations)."""
     say = or_quiet(progress)
-    if stack.runtime.name != "compose":
-        raise UsageError(f"restore --to-time/--latest restores a compose stack's database only; "
-                         f"{stack.project} runs on {stack.runtime.name}",
-                         hint="on a swarm, archiving and backups work (backup physical, restore drill "
-                              "--pitr); restore on the database node by hand: docs/backups.md")
+    host = cluster_host.of(stack)
     repo = Repository(stack)
     left = pending(stack)
     if left:
         say(f"resuming the restore to {left['target']} interrupted at step {left['phase']!r} "
             f"(started {left['started']}); the data from before it is in {left['safety_copy'] or 'no copy'}")
-        _end_one_offs(stack)
+        host.end_one_offs()  # a killed run's one-off container may still be writing
     when_text = point or (iso(when.timestamp()) if when else "latest")
     _archive_now(repo, say)
     base = _plan(repo, when)
@@ -180,9 +179,9 @@ def restore_to(stack: Stack, when: datetime | None, *, point: str = "",
     _save(stack, state)
     clock = time.monotonic()
     say("stopping the database (the api answers 503 until it is back)")
-    stack.compose("stop", SERVICE, timeout=120)
+    host.stop()
     if not left:
-        state["safety_copy"] = _safety_copy(stack, say)
+        state["safety_copy"] = _safety_copy(stack, host, say)
     state["phase"] = "restoring"
     _save(stack, state)
     say(f"restoring backup {base.label} and the recovery settings (target: {when_text})")
@@ -193,14 +192,12 @@ def restore_to(stack: Stack, when: datetime | None, *, point: str = "",
     # sh -c SCRIPT sh MARK_TEXT LABEL OPTION...: the mark first, removed once pgBackRest succeeded
     script = (f'printf "%s" "$1" >{MARK} && shift && label="$1" && shift && '
               f'pgbackrest --stanza={STANZA} --set="$label" --delta --force "$@" restore && rm -f {MARK}')
-    stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", SERVICE, "-c", script,
-                  "sh", f"restore to {when_text}", base.label, *target_options,
-                  timeout=_RECOVERY_TIMEOUT, failure="pgbackrest restore failed",
-                  hint=_resume_hint(state))
+    host.run_once("sh", ["-c", script, "sh", f"restore to {when_text}", base.label, *target_options],
+                  timeout=_RECOVERY_TIMEOUT, failure="pgbackrest restore failed", hint=_resume_hint(state))
     state["phase"] = "recovering"
     _save(stack, state)
     say("starting the database: it replays the archived WAL, then opens")
-    last_tx = _recover(stack, state, say)
+    last_tx = _recover(stack, host, state, say)
     restore_seconds = time.monotonic() - restore_clock
     tables = _check(stack)
     flushed = serve_again(stack, say)
@@ -248,11 +245,11 @@ def _resume_hint(state: Mapping[str, Any]) -> str:
             "the database stays stopped until then")
 
 
-def _volume(stack: Stack, name: str) -> Any:
+def _volume(engine: Any, name: str) -> Any:
     import docker.errors
 
     try:
-        return stack.target.docker().volumes.get(name)
+        return engine.volumes.get(name)
     except docker.errors.NotFound:
         return None
 
@@ -263,22 +260,22 @@ _NOTHING_TO_COPY = 3
 _COPY = f'[ -s /from/PG_VERSION ] || exit {_NOTHING_TO_COPY}; exec cp -a /from/. /to/'
 
 
-def _safety_copy(stack: Stack, say: Progress) -> str:
-    """Copy the database volume into a new one; "" when there is no cluster to copy."""
+def _safety_copy(stack: Stack, host: ClusterHost, say: Progress) -> str:
+    """Copy the database volume into a new one, on the engine that holds it; "" when there is no
+    cluster to copy."""
     import docker.errors
 
     source = f"{stack.name}_pg_data"
-    if _volume(stack, source) is None:
+    engine = host.engine
+    if _volume(engine, source) is None:
         say(f"no volume {source}: nothing to keep a copy of")
         return ""
     copy = f"{source}_before_{datetime.now(UTC).strftime('%Y%m%d_%H%M%S')}"
     say(f"copying the database volume {source} into {copy} (the safety copy)")
-    engine = stack.target.docker()
     created = engine.volumes.create(copy, labels={"finaiflow.safety-copy": "point-in-time restore",
                                                   "com.docker.compose.project": stack.name})
-    image = stack.images().get(SERVICE) or "finaiflow/postgres:15"
     try:
-        engine.containers.run(image, entrypoint=["sh", "-c", _COPY], user="0", network_mode="none",
+        engine.containers.run(host.image, entrypoint=["sh", "-c", _COPY], user="0", network_mode="none",
                               remove=True, volumes={source: {"bind": "/from", "mode": "ro"},
                                                     copy: {"bind": "/to", "mode": "rw"}})
     except docker.errors.ContainerError as exc:
@@ -292,12 +289,12 @@ def _safety_copy(stack: Stack, say: Progress) -> str:
     return copy
 
 
-def _recover(stack: Stack, state: Mapping[str, Any], say: Progress) -> str:
+def _recover(stack: Stack, host: ClusterHost, state: Mapping[str, Any], say: Progress) -> str:
     """Start postgres on the restored directory and wait until it is promoted; the time of the last
     transaction the replay applied."""
-    stack.compose("up", "--detach", "--no-deps", "--no-build", "--pull", "never", SERVICE, timeout=120)
+    host.start()
     try:
-        health.wait_healthy(stack, services=[SERVICE], timeout=_RECOVERY_TIMEOUT, progress=say)
+        host.wait_healthy(timeout=_RECOVERY_TIMEOUT, progress=say)
         db = Database.of(stack)
         for attempt in polling.attempts(within=_RECOVERY_TIMEOUT, every=0.5):
             if db.psql("SELECT pg_is_in_recovery()", database="postgres")[0][0] == "f":
@@ -306,21 +303,16 @@ def _recover(stack: Stack, state: Mapping[str, Any], say: Progress) -> str:
                 raise RestoreFailed("the restored database was still replaying WAL after "
                                     f"{_RECOVERY_TIMEOUT:.0f} s")
     except OpsError as exc:
-        logs = _postgres_logs(stack)
+        logs = host.logs()
         if "recovery ended before configured recovery target was reached" in logs:
             why = "the archive ended before the target time (a missing WAL segment?)"
         else:
             why = exc.message
-        stack.compose("stop", SERVICE, check=False, timeout=120)
+        host.stop(check=False)
         raise RestoreFailed(f"the restored database did not open: {why}", hint=_resume_hint(state),
                             log_tail=exc.log_tail or logs[-2000:]) from None
-    found = _LAST_TX_RE.findall(_postgres_logs(stack))
+    found = _LAST_TX_RE.findall(host.logs())
     return found[-1].strip() if found else ""
-
-
-def _postgres_logs(stack: Stack) -> str:
-    containers = stack.containers(SERVICE)
-    return stack.logs(containers[0].id, tail=200) if containers else ""
 
 
 def _check(stack: Stack) -> dict[str, int]:
@@ -333,14 +325,6 @@ def _check(stack: Stack) -> dict[str, int]:
     if tables.get("public.alembic_version", 1) != 1:
         raise RestoreFailed(f"the restored database has {tables['public.alembic_version']} Alembic revisions")
     return tables
-
-
-def _end_one_offs(stack: Stack) -> None:
-    """A killed restore's `compose run` container may still be writing: end it before resuming."""
-    labels = [f"com.docker.compose.project={stack.name}", "com.docker.compose.oneoff=True",
-              f"com.docker.compose.service={SERVICE}"]
-    for c in stack.target.docker().containers.list(all=True, filters={"label": labels}):
-        c.remove(force=True)
 
 
 # -- the point-in-time drill ----------------------------------------------------------------------------
@@ -398,10 +382,10 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
     expected = db.psql(_HEARTBEAT_SQL.replace("{t}", f"{target:.6f}"), database="postgres")[0]
     say(f"drilling {iso(target)}: backup {base.label}, {expected[0]} heartbeat rows up to then")
     clock = time.monotonic()
-    engine = stack.target.docker()
+    host = cluster_host.of(stack)  # the engine of the repository volume (a swarm's database node)
+    engine, image = host.engine, host.image
     stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     scratch = f"{stack.name}_pitr_drill_{stamp}"
-    image = stack.images().get(SERVICE) or "finaiflow/postgres:15"
     env = {"POSTGRES_USER": db.user, "POSTGRES_DB": "postgres", "PGBACKREST_PG1_USER": db.user,
            "PG_ARCHIVE": "off"}
     volumes = {scratch: {"bind": "/var/lib/postgresql/data", "mode": "rw"},
@@ -420,12 +404,11 @@ def drill(stack: Stack, at: datetime | None = None, *, progress: Progress | None
             last = (stack.redact(said).strip().splitlines() or ["no error output"])[-1]
             raise RestoreFailed(f"pgbackrest restore into the drill's scratch volume failed (exit "
                                 f"{exc.exit_status}): {last}",
-                                hint="the repository volume must be on this engine (a swarm's database "
-                                     "node: run the drill there)") from None
+                                hint="see finaiflow-ops backup archive (what the repository holds)") from None
         container = engine.containers.run(image, name=scratch, environment=env, volumes=volumes,
                                           network_mode="none", detach=True, labels=labels)
         scratch_db = Database(stack.target, container.id or scratch, db.user, "postgres",
-                              f"the drill's scratch container {scratch}", stack.env)
+                              f"the drill's scratch container {scratch}", stack.env, docker=host.docker)
         for attempt in polling.attempts(within=_RECOVERY_TIMEOUT, every=0.5):
             container.reload()
             if container.status != "running":

@@ -137,6 +137,14 @@ class Project:
         its output, the output's last lines as output_tail, secrets redacted."""
         argv = self.compose_argv(*args, files=files, env=env)
         what = failure or f"docker compose {args[0] if args else ''} failed on {self.target}"
+        return self.run_checked(argv, what=what, check=check, timeout=timeout, hint=hint)
+
+    def run_checked(
+        self, argv: Sequence[str], *, what: str, check: bool = True, timeout: float | None = None,
+        hint: str | None = None,
+    ) -> CommandResult:  # fmt: skip
+        """Run `argv` on the target. With `check`, a failure raises CommandFailed: `what` and the
+        last line of its output, the output's last lines as output_tail, secrets redacted."""
         try:
             result = self.target.run(*argv, check=False, timeout=timeout)
         except CommandFailed as exc:  # it did not finish (a timeout)

@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from finaiflow_ops import health
 from finaiflow_ops.backup.archive import (
     archive_format,
     checked_manifest,
@@ -291,5 +290,5 @@ def serve_again(stack: Stack, say: Progress) -> int:
         flushed = int(out) if out.isdigit() else 0
         say(f"emptied the api cache ({flushed} keys)")
     if "api" in stack.services():
-        health.wait_healthy(stack, services=["api"], timeout=120)
+        stack.runtime.wait_healthy(["api"], timeout=120)
     return flushed

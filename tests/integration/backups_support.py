@@ -8,9 +8,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from finaiflow_ops.backup.database import Database, quote_ident
@@ -31,6 +32,18 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), result.stderr
     return lines[0]
+
+
+def commits_either_side(psql: Callable[[str], list[list[str]]], table: str) -> datetime:
+    """A new `table` (id int) with rows 1 and 2 committed a second apart, through `psql` (SQL ->
+    rows); the instant halfway between their commits: `restore --to-time` it gives back row 1 only."""
+    psql(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY)")
+    psql(f"INSERT INTO {table} VALUES (1)")  # noqa: S608
+    time.sleep(1)
+    psql(f"INSERT INTO {table} VALUES (2)")  # noqa: S608
+    rows = psql(f"SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM {table} ORDER BY id")  # noqa: S608
+    commits = {int(i): float(t) for i, t in rows}
+    return datetime.fromtimestamp((commits[1] + commits[2]) / 2, UTC)
 
 
 def content_hashes(db: Database) -> dict[str, str]:

@@ -28,7 +28,6 @@ import tarfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from loadtests.gate import traffic
 
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
+from tests.integration.backups_support import commits_either_side
 from tests.remote_support import RemoteVps, remote_vps
 from tests.swarm_support import IMAGES, REPO
 
@@ -290,15 +290,8 @@ def test_point_in_time_restore_on_the_host(vps: RemoteVps) -> None:
     assert listed["backups"], listed
     st = remote_stack(vps)
     table = "remote_pitr_probe"
-    st.psql(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY)")
     try:
-        for i in (1, 2):  # two commits, a second apart
-            st.psql(f"INSERT INTO {table} VALUES ({i})")  # noqa: S608
-            time.sleep(1 if i == 1 else 0)
-        rows = st.psql(f"SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM {table} "  # noqa: S608
-                       "ORDER BY id")
-        commits = {int(i): float(t) for i, t in rows}
-        instant = datetime.fromtimestamp((commits[1] + commits[2]) / 2, UTC)
+        instant = commits_either_side(st.psql, table)
         restored = ok(ops(vps, "--yes", "restore", "--to-time", instant.isoformat()))
         print(f"\nremote restore --to-time: {restored.stdout.strip()[-400:]}")
         assert "downtime" in restored.stdout, restored.stdout

@@ -2,7 +2,8 @@
 stack/swarm-node), two managers and a worker on a network the test makes, the stack deployed with
 3 api replicas spread over the nodes and the database on a labelled node; a rolling update and a
 rollback under locust traffic (the swarm's one: test_swarm's single node has none of its own), a
-backup taken from the database task on another node, and a worker killed in the middle of an update.
+backup taken from the database task on another node, point-in-time recovery on that node, and a
+worker killed in the middle of an update.
 
 How the nodes run without --privileged: tests/swarm_support.py.
 """
@@ -23,6 +24,7 @@ import pytest
 from loadtests.gate import Sample, traffic
 
 from finaiflow_ops import envfile
+from tests.integration.backups_support import commits_either_side
 from tests.rollout_support import failures
 from tests.swarm_support import Cluster, cli, docker, free_port, make_project, ok, swarm_cluster
 
@@ -130,6 +132,48 @@ def test_backup_drill_and_restore_work_on_the_database_task_on_another_node(clus
     assert _psql(cluster, "SELECT to_regclass('after_the_backup') IS NULL") == "t"
     with httpx.Client(verify=False, timeout=10) as client:
         assert client.get(f"{cluster.base_url()}/health").json()["database"] == "ok"
+
+
+def _rows(c: Deployed, sql: str) -> list[list[str]]:
+    return [line.split("|") for line in _psql(c, sql).splitlines() if line]
+
+
+def test_point_in_time_restore_on_the_database_node(cluster: Deployed) -> None:
+    """pgBackRest on the swarm, its database task and volumes on another node than the manager
+    finaiflow-ops talks to: WAL archived and a full backup from the task, a point-in-time drill
+    into a scratch container on that node, and `restore --to-time` between two commits (the
+    service scaled to 0, the volume copied and restored in one-off containers on that node, then
+    scaled back): exactly the first row, the api serving, the safety copy beside the data."""
+    started = time.monotonic()
+    _leader, manager, _worker = cluster.nodes
+    made = ok(cluster.cli("backup", "physical", "--type", "full"))
+    assert "pgBackRest full backup" in made, made
+    listed = json.loads(ok(cluster.cli("--json", "backup", "archive")))
+    assert listed["backups"] and listed["wal"], listed  # archived from the task on the other node
+    table = "swarm_pitr_probe"
+    try:
+        instant = commits_either_side(lambda sql: _rows(cluster, sql), table)
+        drill = json.loads(ok(cluster.cli("--json", "restore", "drill", "--pitr")))
+        assert drill["heartbeats"] > 0, drill
+        restored = ok(cluster.cli("--yes", "restore", "--to-time", instant.isoformat()))
+        print(f"\n[multinode] restore --to-time: {restored.strip()[-600:]}")
+        assert "downtime" in restored, restored
+        replaced = cluster.on(cluster.nodes[0], "service", "ps", f"{PROJECT}_api", "--filter",
+                              "desired-state=shutdown", "--format", "{{.Name}} {{.CurrentState}} {{.Error}}")
+        replaced_tasks = replaced.stdout.strip().replace("\n", "; ")
+        print(f"[multinode] api tasks the engine replaced: {replaced_tasks or 'none'}")
+        assert _rows(cluster, f"SELECT id FROM {table} ORDER BY id") == [["1"]]  # noqa: S608
+        assert _nodes_of(cluster, "postgres") == [manager]
+        with httpx.Client(verify=False, timeout=10) as client:
+            assert client.get(f"{cluster.base_url()}/health").json()["database"] == "ok"
+    finally:
+        _psql(cluster, f"DROP TABLE IF EXISTS {table}")
+        kept = cluster.on(manager, "volume", "ls", "-q", "--filter", "label=finaiflow.safety-copy")
+        copies = kept.stdout.split()
+        for copy in copies:
+            cluster.on(manager, "volume", "rm", copy)
+    assert [c.startswith(f"{PROJECT}_pg_data_before_") for c in copies] == [True], copies
+    print(f"[multinode] point-in-time backup, drill and restore: {time.monotonic() - started:.0f} s")
 
 
 def _version(base_url: str) -> str:

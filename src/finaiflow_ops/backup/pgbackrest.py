@@ -4,8 +4,9 @@ The postgres image archives every WAL segment with `pgbackrest archive-push` int
 on the `pg_archive` volume (mounted at /var/lib/pgbackrest in the postgres container), and closes a
 segment at least every `archive_timeout` seconds when anything was written. Its options are the
 image's PGBACKREST_* environment variables, so the same pgbackrest runs here through `docker exec`
-when the database runs, or in a one-off `compose run` of the postgres service when it does not
-(its volume lost, or stopped for a restore).
+when the database runs, or in a one-off container of the postgres service when it does not (its
+volume lost, or stopped for a restore): `compose run`, or on a swarm a container of the service's
+spec on the database node (backup.cluster_host).
 
 What this module adds to pgBackRest: the stanza made by `stack up`, the daily full/differential
 choice, the range of times a restore can reach, and a check that the archive has every segment
@@ -214,8 +215,8 @@ class Repository:
 
     def run(self, *args: str, check: bool = True, timeout: float = 3600, what: str = "") -> CommandResult:
         """`pgbackrest ARGS` for the stack's stanza, in the running database container, else in a
-        one-off container of the postgres service (same volumes); with `check`, BackupFailed naming
-        its last error."""
+        one-off container of the postgres service (same volumes, on the engine that holds them);
+        with `check`, BackupFailed naming its last error."""
         argv = ["pgbackrest", f"--stanza={STANZA}", *args]
         db = self.database()
         if db is not None:
@@ -227,8 +228,10 @@ class Repository:
                                    service=SERVICE) from None
             result = CommandResult(tuple(argv), done.returncode, done.stdout, done.stderr)
         else:
-            result = self.stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "pgbackrest",
-                                        SERVICE, *argv[1:], check=False, timeout=timeout)
+            from finaiflow_ops.backup import cluster_host
+
+            host = cluster_host.of(self.stack)
+            result = host.run_once("pgbackrest", argv[1:], check=False, timeout=timeout)
         if check and not result.ok:
             raise BackupFailed(f"{what or 'pgbackrest ' + args[-1]} failed (exit {result.exit_status}): "
                                f"{self._last_error(result)}", service=SERVICE,

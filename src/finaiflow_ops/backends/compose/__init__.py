@@ -76,6 +76,11 @@ class ComposeBackend:
             ("docker",), c.id or c.name or "", f"{service} of {self.project.name} on {self.project.target}"
         )
 
+    def wait_healthy(self, services: Sequence[str], *, timeout: float,
+                     progress: Progress | None = None) -> None:  # fmt: skip
+        """Until every container of `services` runs and is healthy (health.wait_healthy)."""
+        health.wait_healthy(self, services=services, timeout=timeout, progress=progress)
+
     def exec(self, service: str, argv: Sequence[str], *, user: str = "", check: bool = True) -> CommandResult:
         """Run a command inside a running container of `service`."""
         return self.project.exec_in(self.container(service), service, argv, user=user, check=check)

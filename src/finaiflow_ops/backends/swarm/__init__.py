@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import docker.errors
 
-from finaiflow_ops import health
+from finaiflow_ops import health, polling
 from finaiflow_ops.backends.protocol import (
     MIGRATE,
     BackendName,
@@ -24,7 +24,7 @@ from finaiflow_ops.backends.protocol import (
 from finaiflow_ops.backends.swarm.cluster import NAMESPACE_LABEL, Swarm
 from finaiflow_ops.backends.swarm.update import DONE, UPDATE_TIMEOUT, Update
 from finaiflow_ops.backends.swarm.views import ServiceView
-from finaiflow_ops.errors import OpsError, UsageError
+from finaiflow_ops.errors import HealthTimeout, OpsError, UsageError
 from finaiflow_ops.images import image_id, image_revisions
 from finaiflow_ops.progress import Progress
 from finaiflow_ops.project import Project
@@ -75,6 +75,23 @@ class SwarmBackend:
         docker_argv, container_id, task = self.swarm.running_container(service)
         where = f"{service} of swarm stack {self.project.name} on node {self.swarm.node_name(task.node_id)}"
         return Located(tuple(docker_argv), container_id, where)
+
+    def wait_healthy(self, services: Sequence[str], *, timeout: float,
+                     progress: Progress | None = None) -> None:  # fmt: skip
+        """Until each service runs its wanted number of tasks, on whichever nodes, and each task's
+        container passed its last health check (a task counts as running once its first check
+        passed; one whose checks fail since is about to be replaced). A replaced task's exited
+        container, kept by the engine, is no failure here."""
+        for attempt in polling.attempts(within=timeout, every=1):
+            left = max(timeout - attempt.elapsed, 1.0)
+            self.swarm.wait_converged(services, timeout=left, progress=progress)
+            unsettled = self.swarm.unsettled(services)
+            if not unsettled:
+                return
+            if attempt.last:
+                raise HealthTimeout(f"still failing their health check after {timeout:.0f} s: "
+                                    f"{', '.join(unsettled)}",
+                                    hint="see `finaiflow-ops logs SERVICE` for why")
 
     def one_off_where(self, image: str) -> str:
         return f"as a swarm job of {image}"

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
     from docker.models.services import Service
 
-__all__ = ["DB_LABEL", "HOST_LABEL", "Swarm", "Task", "engine_state"]
+__all__ = ["DB_LABEL", "HOST_LABEL", "Swarm", "Task", "engine_state", "settled"]
 
 SWARM_FILE = "swarm.yaml"
 STACK_FILE = "swarm-stack.json"  # in PROJECT_DIR/.finaiflow: the deployed file, no secret in it
@@ -471,6 +471,27 @@ class Swarm:
                     hint=f"see `docker service ps {self.project}_SERVICE --no-trunc`",
                 )
 
+    def unsettled(self, services: Sequence[str]) -> list[str]:
+        """The running tasks of `services` whose container's health check fails now, or failed
+        last (swarm replaces a task once its container turns unhealthy: say, every api task after
+        the database was down for a while); those on a node finaiflow-ops cannot reach are not seen."""
+        import docker.errors
+
+        found = []
+        for name in services:
+            for t in self.tasks(name):
+                if t.state != "running" or not t.container_id:
+                    continue
+                try:
+                    state = self.node_client(t.node_id).containers.get(t.container_id).attrs["State"]
+                except UsageError:
+                    continue
+                except docker.errors.NotFound:
+                    state = {"Status": "gone"}
+                if not settled(state):
+                    found.append(f"{t.name}@{self.node_name(t.node_id)}")
+        return found
+
     def status(self) -> StackStatus:
         by_service: dict[str, list[ContainerInfo]] = {}
         urls: set[str] = set()
@@ -524,6 +545,14 @@ class Swarm:
         if volumes:
             for volume in self.client.volumes.list(filters=label):
                 volume.remove(force=True)
+
+
+def settled(state: dict[str, Any]) -> bool:
+    """A container's State: running, and healthy with its last check passed (or without a check)."""
+    check = state.get("Health")
+    if state.get("Status") != "running":
+        return False
+    return not check or (check.get("Status") == "healthy" and not check.get("FailingStreak"))
 
 
 def _task(service: str, t: dict[str, Any]) -> Task:
