@@ -216,7 +216,7 @@ def check_rollback(
     if not schema or not target.revisions:
         return
     try:
-        db = [row[0] for row in stack.psql("SELECT version_num FROM alembic_version")]
+        db = [row[0] for row in stack.psql("SELECT version_num FROM alembic_version", expect_rows=True)]
     except OpsError:
         say("could not read the database's Alembic revision; not checked")
         return
@@ -370,7 +370,8 @@ class _Rollout:
         if not heads or self.backend.name != "compose":
             return ""
         try:
-            db = [row[0] for row in self.stack.psql("SELECT version_num FROM alembic_version")]
+            rows = self.stack.psql("SELECT version_num FROM alembic_version", expect_rows=True)
+            db = [row[0] for row in rows]
         except OpsError:
             return ""
         return heads[-1] if db == [heads[-1]] else ""

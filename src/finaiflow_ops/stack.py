@@ -53,13 +53,16 @@ class Stack(Project):
         return self.exec_in(self.container(service), service, argv, user=user, check=check,
                             expect_output=expect_output)
 
-    def psql(self, sql: str, *, database: str | None = None) -> list[list[str]]:
-        """Run one SQL statement with psql inside the database container; rows as lists of fields."""
+    def psql(self, sql: str, *, database: str | None = None, expect_rows: bool = False) -> list[list[str]]:
+        """Run one SQL statement with psql inside the database container; rows as lists of fields.
+        `expect_rows`: a read that returns rows when all is well (Alembic's revision) is made once
+        more when it printed nothing (see Project.exec_in); never for a write."""
         user = self.env.get("POSTGRES_USER", "postgres")
         db = database or self.env.get("POSTGRES_DB", user)
         result = self.exec(
             "postgres",
             ["psql", "-U", user, "-d", db, "-v", "ON_ERROR_STOP=1", "-AtXq", "-F", "\t", "-c", sql],
+            expect_output=expect_rows,
         )
         return [line.split("\t") for line in result.stdout.splitlines() if line]
 
