@@ -30,9 +30,14 @@ UPSTREAMS_DIR = "/etc/nginx/upstreams"
 KEEPALIVE = 32
 # While this file exists, the site answers HTTP/1.1 clients with `Connection: close` (see the
 # template): a reload closes idle keep-alive connections, and a request a client sends on one at
-# that very instant is lost. Clients that talk at least once a second have all reconnected after:
+# that very instant is lost. The switch waits until nginx holds no idle keep-alive connection
+# (stub_status' "Waiting", on the stack's internal status port): every HTTP/1.1 client has had its
+# `Connection: close` answer or gone. At most KEEPALIVE_LEAD: by then every client that talks at
+# least once a second has reconnected (HTTP/2 connections idle too, and get a GOAWAY).
 SWITCHING_FLAG = f"{UPSTREAMS_DIR}/switching"
 KEEPALIVE_LEAD = 1.0
+STATUS_URL = "http://127.0.0.1:8080/stub_status"
+_WAITING_RE = re.compile(r"\bWaiting:\s*(\d+)")
 _UPSTREAM_RE = re.compile(r"upstream\s+(?P<name>[\w.-]+)\s*\{(?P<body>[^}]*)\}", re.DOTALL)
 _SERVER_RE = re.compile(r"^\s*server\s+(?P<addr>[^\s;]+)[^;]*;", re.MULTILINE)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -201,11 +206,27 @@ class Proxy:
         """Raise or clear the flag that makes nginx close HTTP/1.1 connections after each answer."""
         self._exec(*(("touch", SWITCHING_FLAG) if on else ("rm", "-f", SWITCHING_FLAG)))
 
+    def idle_connections(self) -> int | None:
+        """Client connections nginx keeps idle (stub_status' Waiting); None when it does not say."""
+        result = self._exec("curl", "-sS", "--max-time", "1", STATUS_URL, check=False)
+        found = _WAITING_RE.search(result.stdout) if result.ok else None
+        return int(found.group(1)) if found else None
+
+    def wait_clients_reconnected(self, flagged_at: float) -> float:
+        """After the switching flag went up (time.monotonic() `flagged_at`): until nginx holds no
+        idle keep-alive connection, KEEPALIVE_LEAD after the flag at most. The seconds since the flag."""
+        deadline = flagged_at + KEEPALIVE_LEAD
+        while time.monotonic() < deadline:
+            if self.idle_connections() == 0:
+                break
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return time.monotonic() - flagged_at
+
     def switch_gracefully(self, upstream: Upstream, *, drain_timeout: float = 75.0) -> Drain:
-        """The whole switch: flag, KEEPALIVE_LEAD for clients to reconnect, switch, drain, unflag."""
+        """The whole switch: flag, clients reconnected (wait_clients_reconnected), switch, drain, unflag."""
         self.set_switching(True)
         try:
-            time.sleep(KEEPALIVE_LEAD)
+            self.wait_clients_reconnected(time.monotonic())
             return self.wait_drained(self.switch(upstream).old_workers, timeout=drain_timeout)
         finally:
             self.set_switching(False)

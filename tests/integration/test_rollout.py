@@ -25,7 +25,7 @@ import pytest
 
 from finaiflow_ops import envfile, releases, rollout, standby
 from finaiflow_ops.errors import UsageError
-from finaiflow_ops.proxy import Proxy, Upstream
+from finaiflow_ops.proxy import KEEPALIVE_LEAD, Proxy, Upstream
 from finaiflow_ops.rollout import DeployFailed
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
@@ -214,6 +214,28 @@ def test_rollback_under_load_returns_to_the_previous_release_in_seconds(
     assert_settled(stack, other, 2)
     assert (result.release.image, result.release.kind) == (other, "rollback")
     assert len(result.retired) == 2 and len(result.containers) == 2
+
+
+def test_the_switch_waits_for_an_idle_keepalive_client_and_no_longer_than_the_lead(
+        stack: Stack, base_url: str) -> None:
+    """nginx's own count of idle connections decides: a client idle on a keep-alive connection
+    from before the flag is waited for (the whole lead); once it has had its `Connection: close`
+    answer and gone, the switch may come at once."""
+    proxy = Proxy(stack)
+    with httpx.Client(verify=False, timeout=10) as client:
+        assert client.get(f"{base_url}/nginx-health").status_code == 200  # the connection stays open
+        idle = proxy.idle_connections()
+        assert idle is not None and idle >= 1, f"nginx counts {idle} idle connections"
+        proxy.set_switching(True)
+        try:
+            held = proxy.wait_clients_reconnected(time.monotonic())
+            answer = client.get(f"{base_url}/nginx-health")
+            assert "close" in answer.headers.get("connection", ""), answer.headers
+            gone = proxy.wait_clients_reconnected(time.monotonic())
+        finally:
+            proxy.set_switching(False)
+    assert held >= KEEPALIVE_LEAD, f"the switch did not wait for the idle client ({held:.2f} s)"
+    assert gone < KEEPALIVE_LEAD, f"no idle client was left, and still a lead of {gone:.2f} s"
 
 
 def from_either_release(stack: Stack, found: Found, other: str) -> tuple[str, str]:

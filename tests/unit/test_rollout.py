@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,10 +18,11 @@ from loadtests.gate import Sample, in_flight_at, percentile, window
 
 from finaiflow_ops.backends.compose.state import ServiceState as _State
 from finaiflow_ops.errors import UsageError
-from finaiflow_ops.proxy import Upstream, parse_upstream
+from finaiflow_ops.proxy import KEEPALIVE_LEAD, STATUS_URL, Proxy, Upstream, parse_upstream
 from finaiflow_ops.releases import History, Lock, Release
 from finaiflow_ops.rollout import _previous_other, parse_duration, sed_set_line
 from finaiflow_ops.stack import ContainerInfo
+from finaiflow_ops.target import CommandResult
 
 # -- nginx upstream files ----------------------------------------------------------------------------
 
@@ -57,6 +60,44 @@ def test_upstream_refuses_names_that_would_break_the_config(bad: str) -> None:
 
 def _c(name: str, image_id: str = "sha256:a", state: str = "running") -> ContainerInfo:
     return ContainerInfo(name, name, "api", f"img-{image_id}", image_id, state, "healthy", ())
+
+
+class StubStatus:
+    """nginx's stub_status through `docker exec`: the Waiting counts it answers, one per read."""
+
+    def __init__(self, *waiting: int | None) -> None:
+        self.env: dict[str, str] = {}
+        self.waiting, self.reads = list(waiting), 0
+
+    def exec(self, service: str, argv: Sequence[str], *, user: str = "", check: bool = True) -> CommandResult:
+        assert argv[0] == "curl" and argv[-1] == STATUS_URL
+        self.reads += 1
+        value = self.waiting.pop(0) if len(self.waiting) > 1 else self.waiting[0]
+        if value is None:
+            return CommandResult(tuple(argv), 7, "", "curl: (7) Failed to connect")
+        page = (f"Active connections: {value + 1}\nserver accepts handled requests\n 9 9 42\n"
+                f"Reading: 0 Writing: 1 Waiting: {value}\n")
+        return CommandResult(tuple(argv), 0, page, "")
+
+
+def test_the_switch_comes_once_no_client_holds_an_idle_keepalive_connection() -> None:
+    nginx = StubStatus(3, 1, 0, 2)
+    lead = Proxy(nginx).wait_clients_reconnected(time.monotonic())
+    assert nginx.reads == 3 and lead >= 0
+
+
+@pytest.mark.parametrize("waiting", [1, None], ids=["a-client-stays-idle", "no-stub-status"])
+def test_the_lead_lasts_keepalive_lead_at_most(waiting: int | None) -> None:
+    nginx = StubStatus(waiting)
+    flagged = time.monotonic()
+    lead = Proxy(nginx).wait_clients_reconnected(flagged)
+    assert lead >= KEEPALIVE_LEAD and 2 <= nginx.reads <= KEEPALIVE_LEAD / 0.05 + 2
+
+
+def test_a_lead_already_over_reads_nothing() -> None:
+    nginx = StubStatus(5)
+    assert Proxy(nginx).wait_clients_reconnected(time.monotonic() - 2 * KEEPALIVE_LEAD) >= KEEPALIVE_LEAD
+    assert nginx.reads == 0
 
 
 def test_serving_containers_are_those_the_upstream_names() -> None:

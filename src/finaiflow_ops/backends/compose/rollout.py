@@ -37,7 +37,7 @@ from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError, UsageErr
 from finaiflow_ops.images import image_id, image_revisions, image_variable_in, parse_duration, set_env_value
 from finaiflow_ops.progress import Progress
 from finaiflow_ops.project import Project
-from finaiflow_ops.proxy import DEFAULT_PROXY, KEEPALIVE_LEAD, Proxy, Reload, Upstream
+from finaiflow_ops.proxy import DEFAULT_PROXY, Proxy, Reload, Upstream
 from finaiflow_ops.releases import config_hash
 from finaiflow_ops.status import ContainerInfo
 from finaiflow_ops.target import CommandResult
@@ -581,7 +581,7 @@ class ComposeRollout:
         """nginx to the new containers; when that fails, back to the serving ones, new ones removed."""
         new = self._new
         self.say(f"switching nginx upstream {self.service} to {names(new)}")
-        self.sleep_until_clients_reconnected()
+        self.wait_clients_reconnected()
         try:
             self._reload = self.proxy.switch(Upstream.of(self.service, [c.name for c in new], self.spec.port))
         except OpsError as exc:
@@ -629,9 +629,10 @@ class ComposeRollout:
             self.say(f"warm standby {kept.label}: HTTP/1.1 clients are told to reconnect while the "
                      "rollback reads and checks")
 
-    def sleep_until_clients_reconnected(self) -> None:
-        """The health gate usually took longer than KEEPALIVE_LEAD already; otherwise wait the rest."""
-        time.sleep(max(0.0, KEEPALIVE_LEAD - (time.monotonic() - self.closing_since)))
+    def wait_clients_reconnected(self) -> None:
+        """Usually at once: the clients reconnected during the health gate or the standby's checks."""
+        lead = self.proxy.wait_clients_reconnected(self.closing_since)
+        self.say(f"switching {lead:.2f} s after HTTP/1.1 clients were told to reconnect")
 
     def _drain_step(self) -> Step:
         return Step(
