@@ -24,8 +24,11 @@ ROLLBACK_DRILLS = tuple(f"tests/acceptance/test_rollback.py::{name}" for name in
 ))
 
 
-def install(session: nox.Session, *groups: str) -> None:
-    session.install("-e", ".", *(dep for g in groups for dep in nox.project.dependency_groups(PYPROJECT, g)))
+def install(session: nox.Session, *groups: str, project: bool = True) -> None:
+    """The project (editable) with its dependency groups; without `project`, its dependencies only:
+    lint runs beside the tests (scripts/run), and two editable installs would race on the egg-info."""
+    this = ("-e", ".") if project else tuple(PYPROJECT["project"]["dependencies"])
+    session.install(*this, *(dep for g in groups for dep in nox.project.dependency_groups(PYPROJECT, g)))
 
 
 @nox.session(default=False)
@@ -104,6 +107,6 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff and mypy --strict."""
-    install(session, "lint")
+    install(session, "lint", project=False)  # mypy reads src/ itself
     session.run("ruff", "check", "src", "tests", "loadtests", "benchmarks", "stack", "noxfile.py")
     session.run("mypy")
