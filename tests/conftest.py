@@ -19,7 +19,10 @@ its database). The unit tests go to whichever worker is free.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,29 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     scheduler = LoadScopeScheduling(config, log)
     scheduler._split_scope = lambda nodeid: run_group(nodeid) or nodeid  # type: ignore[method-assign]
     return scheduler
+
+
+# When each test ran, in which worker: reports/timeline-<worker>.json, to see where a CI run's
+# minutes go (a worker's start before its first test, the gaps, the teardown after its last).
+_TIMELINE: list[tuple[str, float, float]] = []
+_SESSION_START = time.time()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    start = time.time()
+    try:
+        return (yield)
+    finally:
+        _TIMELINE.append((item.nodeid, start, time.time()))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    reports = Path(str(session.config.rootpath)) / "reports"
+    if _TIMELINE and reports.is_dir():
+        (reports / f"timeline-{worker}.json").write_text(json.dumps(
+            {"session_start": _SESSION_START, "session_end": time.time(), "tests": _TIMELINE}))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

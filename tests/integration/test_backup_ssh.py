@@ -1,8 +1,8 @@
-"""Backups over ssh, through a real OpenSSH server on this machine (tests/integration/local_sshd.py):
-a backup and a drill of the stack reached as an ssh target (pg_dump runs in the container on the
-"remote" host, the archive streams here), and copies of encrypted backups to an ssh destination,
-checked on the remote side, including a link that corrupts a byte in transit and a host that
-cannot be reached.
+"""Copies of encrypted backups to an ssh destination, through a real OpenSSH server on this machine
+(tests/integration/local_sshd.py), checked on the remote side, including a link that corrupts a
+byte in transit and a host that cannot be reached. A backup, drill and restore of a stack reached
+over ssh, with the archive kept on this machine, run against the remote VPS
+(test_remote_operator_flow.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from finaiflow_ops.backup import list_backups
-from finaiflow_ops.backup.database import Database
 from finaiflow_ops.backup.manifest import manifest_path, read_manifest
 from finaiflow_ops.stack import Stack
 from tests.integration.backups_support import backups_in, error_line
@@ -36,26 +35,6 @@ def sshd(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
 def ops(sshd: LocalSshd, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "finaiflow_ops.cli", *args], capture_output=True, text=True,
                           timeout=300, env=sshd.env, check=False)
-
-
-def test_backup_and_drill_over_an_ssh_target_keep_the_archive_on_this_machine(
-        sshd: LocalSshd, stack: Stack, tmp_path: Path) -> None:
-    over_ssh = ("--target", sshd.url(), "--project-dir", stack.project_dir)
-    # Without --dir the backup is the host's, taken by its own finaiflow-ops: this one has none.
-    on_host = ops(sshd, *over_ssh, "backup", "create")
-    assert on_host.returncode == 2 and "finaiflow-ops is not installed on" in error_line(on_host)
-    assert "host setup" in error_line(on_host)
-
-    made = ops(sshd, *over_ssh, "--json", "backup", "create", "--dir", str(tmp_path))
-    assert made.returncode == 0, made.stderr
-    path = Path(json.loads(made.stdout)["path"])
-    assert path.parent == tmp_path and f"on {sshd.url()}" in made.stderr  # dumped there, kept here
-    assert read_manifest(path).tables == Database.of(stack).table_counts()
-
-    drill = ops(sshd, *over_ssh, "--json", "restore", "drill", "--dir", str(tmp_path))
-    assert drill.returncode == 0, drill.stderr
-    assert json.loads(drill.stdout)["tables"] == dict(read_manifest(path).tables)
-    assert Database.of(stack).databases(f"{read_manifest(path).database}_drill_") == []
 
 
 @pytest.fixture(scope="module")
@@ -128,28 +107,3 @@ def test_copy_to_refuses_a_destination_without_a_remote_path(sshd: LocalSshd, st
     result = copy_to(sshd, stack, local_backup, "ssh://root@127.0.0.1")
     assert result.returncode == 2 and "no remote directory" in error_line(result)
     assert backups_in(local_backup.parent) == before  # refused before any dump
-
-
-def test_a_full_restore_and_its_undo_over_an_ssh_target_swap_the_database_there(
-        sshd: LocalSshd, stack: Stack, tmp_path: Path) -> None:
-    over_ssh = ("--target", sshd.url(), "--project-dir", stack.project_dir)
-    made = ops(sshd, *over_ssh, "--json", "backup", "create", "--dir", str(tmp_path))
-    assert made.returncode == 0, made.stderr
-    path = json.loads(made.stdout)["path"]
-    stack.psql("CREATE TABLE after_the_backup (x int)")
-    set_aside: list[str] = []
-    try:
-        restored = ops(sshd, *over_ssh, "--yes", "--json", "restore", path, "--dir", str(tmp_path))
-        assert restored.returncode == 0, restored.stderr
-        result = json.loads(restored.stdout)
-        assert stack.psql("SELECT to_regclass('after_the_backup') IS NULL") == [["t"]]
-        assert Path(result["safety_backup"]).parent == tmp_path  # the data it replaced, kept here
-        assert result["tables"] == dict(read_manifest(Path(path)).tables)
-        undone = ops(sshd, *over_ssh, "--yes", "--json", "restore", "undo")
-        assert undone.returncode == 0, undone.stderr
-        set_aside.append(json.loads(undone.stdout)["set_aside"])
-        assert stack.psql("SELECT to_regclass('after_the_backup') IS NULL") == [["f"]]
-    finally:
-        stack.psql("DROP TABLE IF EXISTS after_the_backup")
-        for name in set_aside:
-            stack.psql(f'DROP DATABASE IF EXISTS "{name}"')

@@ -34,6 +34,8 @@ from typing import Any
 import pytest
 from loadtests.gate import traffic
 
+from finaiflow_ops.backup.database import Database
+from finaiflow_ops.backup.manifest import read_manifest
 from finaiflow_ops.stack import Stack
 from finaiflow_ops.target import Target
 from tests.integration.backups_support import commits_either_side
@@ -98,6 +100,11 @@ def timed(vps: RemoteVps, *args: str) -> Run:
 def first_setup(vps: RemoteVps) -> Run:
     assert vps.ssh("docker", "compose", "version").returncode != 0, "the VPS should start without compose v2"
     assert vps.ssh("sh", "-c", "command -v finaiflow-ops").returncode != 0
+    # Without --dir a backup is the host's, taken by its own finaiflow-ops: none yet.
+    on_host = ops(vps, "backup", "create")
+    said = last_line(on_host)
+    assert on_host.returncode == 2, said
+    assert "finaiflow-ops is not installed on" in said and "host setup" in said, said
     return timed(vps, "--yes", "--json", "host", "setup", "--project-dir", PROJECT)
 
 
@@ -279,6 +286,34 @@ def test_backup_restore_undo_and_drill_on_the_host(vps: RemoteVps) -> None:
     ok(ops(vps, "--yes", "restore", "undo"))
     drill = json.loads(ok(ops(vps, "--json", "restore", "drill")).stdout)
     assert drill["tables"] == made["manifest"]["tables"], drill
+
+
+def test_backup_drill_and_restore_keep_the_archive_on_this_machine(vps: RemoteVps, tmp_path: Path) -> None:
+    """--dir here: pg_dump runs on the host and the archive streams to this machine; the drill and a
+    full restore read it from here, and the data the restore replaces is kept here too."""
+    st = remote_stack(vps)
+    made = ok(ops(vps, "--json", "backup", "create", "--dir", str(tmp_path)))
+    path = Path(json.loads(made.stdout)["path"])
+    assert path.parent == tmp_path and f"on {vps.url}" in made.stderr, made.stderr  # dumped there, kept here
+    assert read_manifest(path).tables == Database.of(st).table_counts()
+    drill = json.loads(ok(ops(vps, "--json", "restore", "drill", "--dir", str(tmp_path))).stdout)
+    assert drill["tables"] == dict(read_manifest(path).tables)
+    assert Database.of(st).databases(f"{read_manifest(path).database}_drill_") == []
+
+    st.psql("CREATE TABLE after_the_backup (x int)")
+    set_aside: list[str] = []
+    try:
+        restored = ok(ops(vps, "--yes", "--json", "restore", str(path), "--dir", str(tmp_path)))
+        result = json.loads(restored.stdout)
+        assert st.psql("SELECT to_regclass('after_the_backup') IS NULL") == [["t"]]
+        assert Path(result["safety_backup"]).parent == tmp_path  # the data it replaced, kept here
+        assert result["tables"] == dict(read_manifest(path).tables)
+        set_aside.append(json.loads(ok(ops(vps, "--yes", "--json", "restore", "undo")).stdout)["set_aside"])
+        assert st.psql("SELECT to_regclass('after_the_backup') IS NULL") == [["f"]]
+    finally:
+        st.psql("DROP TABLE IF EXISTS after_the_backup")
+        for name in set_aside:
+            st.psql(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 def test_point_in_time_restore_on_the_host(vps: RemoteVps) -> None:
