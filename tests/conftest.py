@@ -88,6 +88,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    # In our order (GROUP_ORDER), not xdist's default of the groups with the most tests first.
+    config.option.loadscopereorder = False
     scheduler = LoadScopeScheduling(config, log)
     scheduler._split_scope = lambda nodeid: run_group(nodeid) or nodeid  # type: ignore[method-assign]
     return scheduler
