@@ -14,7 +14,8 @@ share nothing at run time run side by side, each in one worker, in order: the se
 everything on it; the remote VPS (127.0.0.2); the hardening VPS; the swarms (engines in containers
 of their own, reached through DOCKER_HOST); and the tests on a second stack (`second_stack`: the
 alerting tests, which stop its services for minutes, and the point-in-time restores, which replace
-its database). The unit tests go to whichever worker is free.
+its database). Three lanes, one per worker (LANES): the session's stack; the swarms, then the
+hardening VPS; the second stack, then the remote VPS. The unit tests go to whichever worker is free.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ _WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 
 
 # The worker groups (see above), by test module name; the other integration and acceptance tests
-# are the "stack" group. None of the grouped modules uses the session's stack. Three workers run the
-# five groups; xdist hands them out in the order of GROUP_ORDER (the collection is sorted by it),
-# the longest first, so that the shorter ones share the workers the longer ones leave free (test
-# time in a CI run: stack ~700 s, swarm ~420, second stack ~350, remote ~300, hardening ~270).
+# are the "stack" group. None of the grouped modules uses the session's stack. The collection is
+# sorted by GROUP_ORDER. Three workers run them in three lanes, one lane per worker, its groups one
+# after the other: xdist would hand a group to whichever worker first has two tests left, and a
+# lane is the same balance every run (test time in a CI run: stack ~735 s; swarm ~460 and hardening
+# ~295; second stack ~395 and remote ~335). The tests that can run anywhere fill in at the end.
 RUN_GROUPS = {
     "swarm": ("test_swarm.py", "test_swarm_multinode.py"),
     "second-stack": ("test_alerting.py", "test_pitr.py"),
@@ -57,6 +59,8 @@ RUN_GROUPS = {
     "hardening-vps": ("test_hardening_vps.py",),
 }
 GROUP_ORDER = ("stack", *RUN_GROUPS)
+LANES = {"stack": "stack", "swarm": "swarm, hardening-vps", "hardening-vps": "swarm, hardening-vps",
+         "second-stack": "second-stack, remote", "remote": "second-stack, remote"}
 # Integration tests that need the engine and the images but no stack: anywhere, as the unit tests.
 ANYWHERE = ("test_monitoring_rules.py", "test_alerting_config.py")
 
@@ -80,7 +84,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: it applies only when pytest runs with -n
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`--dist loadgroup`: one work unit per group of run_group, each in one worker, in order.
+    """`--dist loadgroup`: one work unit per lane (LANES), each in one worker, in order.
 
     xdist's own loadgroup reads `xdist_group` marks into the test ids, which pytest 9 no longer lets a
     plugin rewrite; its scope scheduler with our grouping does the same."""
@@ -91,7 +95,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     # In our order (GROUP_ORDER), not xdist's default of the groups with the most tests first.
     config.option.loadscopereorder = False
     scheduler = LoadScopeScheduling(config, log)
-    scheduler._split_scope = lambda nodeid: run_group(nodeid) or nodeid  # type: ignore[method-assign]
+    scheduler._split_scope = lambda nodeid: LANES.get(run_group(nodeid) or "", nodeid)  # type: ignore[method-assign]
     return scheduler
 
 
