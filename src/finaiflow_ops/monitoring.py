@@ -182,8 +182,14 @@ class Prometheus:
         argv = ["curl", "-sS", "--max-time", "10", "-G", f"{self.url}/api/v1/{path}"]
         for key, value in params.items():
             argv += ["--data-urlencode", f"{key}={value}"]
-        result = exec_answered(self.container, argv, lambda r: isinstance(_json_object(r), dict))
-        body = _json_object(result)
+        parsed: list[Any] = [None]  # the last answer's JSON, read once (exec_answered asks of each)
+
+        def answered(result: ExecResult) -> bool:
+            parsed[0] = _json_object(result)
+            return isinstance(parsed[0], dict)
+
+        result = exec_answered(self.container, argv, answered)
+        body = parsed[0]
         if not isinstance(body, dict) or body.get("status") != "success":
             said = result.error or result.text or f"exit {result.exit_code}, no output"
             why = body.get("error") if isinstance(body, dict) else said

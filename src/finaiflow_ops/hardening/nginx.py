@@ -13,8 +13,6 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
-
 from finaiflow_ops import http
 from finaiflow_ops.hardening.base import (
     Context,
@@ -103,6 +101,8 @@ class _NginxRule(Rule[NginxState]):
         config = _strip_comments(stack.exec("nginx", ["nginx", "-T"]).stdout)
         if not self.fetch_responses:
             return NginxState(config, ())
+        import httpx  # here: the CLI starts without it
+
         base = stack.base_url()
         try:
             return NginxState(config, _fetch(base, stack.env.get("DOMAIN")))

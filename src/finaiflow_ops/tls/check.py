@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-import httpx
 from cryptography import x509
 
 from finaiflow_ops import http
@@ -224,6 +223,8 @@ def _trust_finding(host: str, port: int, servername: str, ca_file: str | None, t
 
 
 def _http_findings(url: str, servername: str, http_url: str, min_hsts: int, timeout: float) -> list[Finding]:
+    import httpx  # here: the CLI starts without it
+
     parts = urlsplit(url)
     base = f"{parts.scheme}://{parts.netloc}"
     found = []
