@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from finaiflow_ops import releases
+from finaiflow_ops import standby as standbys
 from finaiflow_ops.backends.protocol import (
     MIGRATE,
     BackendName,
@@ -44,7 +45,14 @@ from finaiflow_ops.backends.protocol import (
     Settings,
     Step,
 )
-from finaiflow_ops.errors import CommandFailed, DeployFailed, OpsError, TargetUnreachable, UsageError
+from finaiflow_ops.errors import (
+    CommandFailed,
+    DeployFailed,
+    DeployLocked,
+    OpsError,
+    TargetUnreachable,
+    UsageError,
+)
 from finaiflow_ops.images import (
     image_id,
     image_revisions,
@@ -644,11 +652,22 @@ def retire_standby(stack: Stack, service: str, *, expired_only: bool = False,
                    progress: Progress | None = None) -> tuple[str, ...]:
     """Retire the service's warm standby (with `expired_only`, only once its window has ended: the
     scheduled job), under the deploy lock, with the repairs of anything an interrupted deploy left;
-    returns what was done. Deploys and rollbacks do the same first, so nothing depends on this."""
+    returns what was done. Deploys and rollbacks do the same first, so nothing depends on this.
+    With `expired_only` (the scheduled job, every few minutes): nothing is read beyond the standby's
+    record until its window has ended, and a deploy holding the lock is left to do it."""
+    if expired_only:
+        kept = standbys.get(stack, service)
+        if kept is None or not kept.expired:
+            return ()
     r = _Rollout(stack, service, Settings(standby=None if expired_only else 0.0), or_quiet(progress))
-    with releases.deploy_lock(r.stack, f"standby retire {service}", progress=r.say):
-        steps, _current, _past = r.reconcile()
-        r.run([s for s in steps if s.description.startswith("repair: ")], "")
+    try:
+        with releases.deploy_lock(r.stack, f"standby retire {service}", progress=r.say):
+            steps, _current, _past = r.reconcile()
+            r.run([s for s in steps if s.description.startswith("repair: ")], "")
+    except DeployLocked as exc:
+        if not expired_only:
+            raise
+        return (f"left to the command holding the deploy lock: {exc.message}",)
     if r.repaired:
         releases.audit(r.stack, "standby-retire", service=service, repaired=list(r.repaired))
     return tuple(r.repaired)

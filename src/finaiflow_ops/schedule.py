@@ -1,7 +1,8 @@
 """A job the target runs on its own, on a schedule: a marked crontab entry, or a systemd timer.
 
-The daily backup (backup/schedule.py) and the certificate renewal (tls/schedule.py) are such
-jobs; this is the mechanism they share, and each of them renders its own entry and units.
+The daily backup (backup/schedule.py), the certificate renewal (tls/schedule.py) and the warm
+standby's retirement (standby_schedule.py) are such jobs; this is the mechanism they share, and
+each of them renders its own entry and units.
 
 - cron: the crontab is read with `crontab -l` and written whole with `crontab -` (which
   validates it), never edited in place. A job's entry is the line after its marker comment
@@ -16,7 +17,9 @@ through Target.run, so local, ssh and docker targets work alike.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Literal
 
 from finaiflow_ops.errors import UsageError
@@ -32,6 +35,7 @@ __all__ = [
     "merge_block",
     "read_crontab",
     "remove_units",
+    "resolve_executable",
     "scheduler",
     "set_cron_entry",
     "timer_state",
@@ -176,3 +180,19 @@ def remove_units(target: Target, units: Iterable[str]) -> bool:
     target.run("rm", "-f", *(f"{SYSTEMD_DIR}/{name}" for name in names))
     target.run("systemctl", "daemon-reload")
     return True
+
+
+def resolve_executable(target: Target, executable: str | None) -> str:
+    """The finaiflow-ops the job runs: given, or this one (local), or the target's on its PATH."""
+    if executable is None:
+        if target.is_local:
+            beside = Path(sys.executable).parent / "finaiflow-ops"
+            executable = str(beside) if beside.exists() else ""
+        if not executable:
+            found = target.run("sh", "-c", "command -v finaiflow-ops", check=False)
+            executable = found.stdout.strip()
+    if not executable or not target.run("test", "-x", executable, check=False).ok:
+        at = f" at {executable}" if executable else ""
+        raise UsageError(f"finaiflow-ops is not installed on {target}{at}",
+                         hint="install it there, or name it with --executable")
+    return executable

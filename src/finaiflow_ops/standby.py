@@ -5,7 +5,7 @@ upstream, for a window, so that a rollback is an upstream switch and a graceful 
 
 The record is written on the target beside releases.json and the deploy lock, under the deploy
 lock, and nothing waits on a timer in a process: the first deploy, rollback or `standby retire`
-after the window (or a scheduled `standby retire --expired`) retires the containers and drops the
+after the window (or the job `standby schedule` installs) retires the containers and drops the
 record. The memory check refuses a standby where the host, with both releases running, would keep
 less than a reserve free (MemAvailable of the target's /proc/meminfo).
 """

@@ -275,6 +275,50 @@ def test_deploy_again_retires_the_first_standby_and_an_expired_one_is_not_used(
     assert_settled(stack, to, found.replicas)
 
 
+def test_the_scheduled_job_retires_the_standby_once_its_window_ended(
+        stack: Stack, found: Found, other: str) -> None:
+    """`standby schedule` installs one crontab entry (again: unchanged; --remove: gone, the rest
+    kept). Run as cron runs it, the entry leaves a standby within its window alone, and retires it
+    once the window has ended."""
+    back, to = from_either_release(stack, found, other)
+    rollout.deploy(stack, SERVICE, to, backup=False)
+    kept = standby.get(stack, SERVICE)
+    assert kept is not None and kept.image == back
+    installed = cli(stack, "--yes", "--json", "standby", "schedule", SERVICE)
+    assert installed.returncode == 0, installed.stderr
+    entry = json.loads(installed.stdout)
+    try:
+        assert entry["scheduler"] == "cron" and entry["changed"] is True, entry
+        again = cli(stack, "--yes", "--json", "standby", "schedule", SERVICE)
+        assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout
+        crontab = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
+        assert crontab.count(f"standby retire {SERVICE} --expired") == 1, crontab
+        command = entry["entry"].split(" ", 5)[5]  # what cron hands to /bin/sh
+        cron_env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "SHELL": "/bin/sh",
+                    "LOGNAME": "root"}
+
+        def run_as_cron() -> None:
+            done = subprocess.run(["/bin/sh", "-c", command], env=cron_env, capture_output=True, text=True,
+                                  timeout=120, check=False)
+            assert done.returncode == 0, (done.stderr, releases.read_state(stack, "standby-retire.log"))
+
+        run_as_cron()  # within the window: nothing to do
+        assert standby.get(stack, SERVICE) == kept
+        assert {c.name for c in stack.containers(SERVICE)} >= set(kept.containers)
+        releases.write_state(stack, standby.STATE_FILE, json.dumps(
+            {"services": {SERVICE: {**asdict(kept), "until": "2000-01-01T00:00:00+00:00"}}}))
+        run_as_cron()  # the window has ended
+        assert standby.get(stack, SERVICE) is None
+        assert not {c.name for c in stack.containers(SERVICE)} & set(kept.containers), "the standby runs"
+        assert audit_tail(stack)["action"] == "standby-retire"
+        assert_settled(stack, to, found.replicas)
+    finally:
+        removed = cli(stack, "--yes", "standby", "schedule", SERVICE, "--remove")
+    assert removed.returncode == 0, removed.stderr
+    crontab = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
+    assert f"standby retire {SERVICE}" not in crontab, crontab
+
+
 STANDBY_BROKEN: dict[str, Callable[[Any], object]] = {
     # Killed for good (restart policy off first, or Docker would bring it back).
     "killed": lambda c: (c.update(restart_policy={"Name": "no"}), c.kill()),

@@ -85,3 +85,34 @@ def test_a_standby_nginx_routes_to_serves_and_the_release_left_served_before() -
                          created={"api-1": 100.0, "api-2": 200.0}, standby_names=frozenset({"api-1"}))
     assert state.standby_serves and state.serving == [kept] and state.standing_by == []
     assert state.extras == [left] and state.never_served == []
+
+
+# -- the scheduled retirement (standby_schedule) ------------------------------------------------------
+
+def test_the_scheduled_job_retires_only_an_expired_standby_every_five_minutes_into_a_log() -> None:
+    from finaiflow_ops.standby_schedule import MARK, Job
+
+    job = Job("/usr/local/bin/finaiflow-ops", "/opt/finaiflow stack", "api")
+    assert job.command() == ("/usr/local/bin/finaiflow-ops --project-dir '/opt/finaiflow stack' --yes "
+                             "standby retire api --expired")
+    log = "'/opt/finaiflow stack/.finaiflow/standby-retire.log'"
+    assert job.cron_line() == f"*/5 * * * * {job.command()} >>{log} 2>&1"
+    assert job.marker == f"{MARK} api in /opt/finaiflow stack"
+    units = job.systemd_units()
+    timer = next(text for name, text in units.items() if name.endswith(".timer"))
+    assert "OnCalendar=*:0/5" in timer
+    assert all(name.startswith("finaiflow-standby-retire-finaiflow-stack-api-") for name in units)
+    units_of = {Job("/x", d, s).unit for d, s in (("/opt/a", "api"), ("/opt/b", "api"), ("/opt/a", "web"))}
+    assert len(units_of) == 3, "one job per project directory and service"
+
+
+@pytest.mark.parametrize(("executable", "project_dir", "said"), [
+    ("finaiflow-ops", "/opt/finaiflow", "must be an absolute path"),
+    ("/usr/bin/finaiflow-ops", "opt/finaiflow", "must be an absolute path"),
+    ("/usr/bin/finaiflow-ops", "/opt/50%", "'%'"),
+])
+def test_a_job_cron_cannot_run_as_written_is_refused(executable: str, project_dir: str, said: str) -> None:
+    from finaiflow_ops.standby_schedule import Job
+
+    with pytest.raises(UsageError, match=said):
+        Job(executable, project_dir, "api")

@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from finaiflow_ops import schedule as scheduling
 from finaiflow_ops.backup import encryption, offsite
 from finaiflow_ops.backup.archive import backups_of
 from finaiflow_ops.errors import UsageError
-from finaiflow_ops.schedule import SYSTEMD_DIR, scheduler
+from finaiflow_ops.schedule import SYSTEMD_DIR, resolve_executable, scheduler
 from finaiflow_ops.target import Target
 
 __all__ = ["SYSTEMD_DIR", "Job", "ScheduleStatus", "daily_job", "install", "remove", "resolve_executable",
@@ -156,22 +155,6 @@ class ScheduleStatus:
     @property
     def ok(self) -> bool:
         return self.installed and self.running
-
-
-def resolve_executable(target: Target, executable: str | None) -> str:
-    """The finaiflow-ops the job runs: given, or this one (local), or the target's on its PATH."""
-    if executable is None:
-        if target.is_local:
-            beside = Path(sys.executable).parent / "finaiflow-ops"
-            executable = str(beside) if beside.exists() else ""
-        if not executable:
-            found = target.run("sh", "-c", "command -v finaiflow-ops", check=False)
-            executable = found.stdout.strip()
-    if not executable or not target.run("test", "-x", executable, check=False).ok:
-        at = f" at {executable}" if executable else ""
-        raise UsageError(f"finaiflow-ops is not installed on {target}{at}",
-                         hint="install it there, or name it with --executable")
-    return executable
 
 
 def without_block(crontab: str, project_dir: str) -> str:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import click
 from rich.table import Table
 
-from finaiflow_ops import alerting, rollout
+from finaiflow_ops import alerting, rollout, schedule
 from finaiflow_ops import releases as history
 from finaiflow_ops import standby as standbys
+from finaiflow_ops import standby_schedule as retire_schedule
 from finaiflow_ops.backends.compose.rollout import DRAIN_TIMEOUT, HEALTH_TIMEOUT
 from finaiflow_ops.cli.options import Options, emit, pass_options, progress
 from finaiflow_ops.images import parse_duration
@@ -208,3 +209,28 @@ def standby_retire(opts: Options, service: str, expired: bool) -> None:
 
 def _print_retired(done: list[str]) -> None:
     err.print("; ".join(done) if done else "nothing to retire")
+
+
+@standby.command("schedule")
+@click.argument("service")
+@click.option("--remove", is_flag=True, help="Take the scheduled job out.")
+@click.option("--executable", default=None,
+              help="The finaiflow-ops the job runs (default: this one on a local target, else the host's).")
+@pass_options
+def standby_schedule(opts: Options, service: str, remove: bool, executable: str | None) -> None:
+    """Retire the warm standby of SERVICE on time: `standby retire SERVICE --expired` every 5 minutes
+    on the target (crontab, or a systemd timer where systemd runs)."""
+    job = retire_schedule.Job(schedule.resolve_executable(opts.target, executable), opts.stack.project_dir,
+                               service)
+    opts.confirm(f"{'remove' if remove else 'install'} `{job.command()}` every "
+                 f"{retire_schedule.EVERY_MINUTES} minutes on {opts.target}?")
+    done = retire_schedule.remove(opts.target, job) if remove else retire_schedule.install(opts.target, job)
+    emit(opts, done, _print_standby_schedule)
+
+
+def _print_standby_schedule(done: retire_schedule.StandbySchedule) -> None:
+    state = "installed" if done.installed else "removed"
+    out.print(f"standby retire of {done.service} on {done.target}: {state} "
+              f"({done.scheduler}{', changed' if done.changed else ', already so'})")
+    if done.entry:
+        out.print(done.entry, markup=False)
