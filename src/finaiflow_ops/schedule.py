@@ -17,6 +17,7 @@ through Target.run, so local, ssh and docker targets work alike.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "scheduler",
     "set_cron_entry",
     "timer_state",
+    "timer_units",
     "write_crontab",
 ]
 
@@ -196,3 +198,27 @@ def resolve_executable(target: Target, executable: str | None) -> str:
         raise UsageError(f"finaiflow-ops is not installed on {target}{at}",
                          hint="install it there, or name it with --executable")
     return executable
+
+
+def timer_units(name: str, command: str, *, log: str, on_calendar: str, description: str,
+                timer_description: str, persistent: bool = False) -> dict[str, str]:
+    """A oneshot service that runs `command` with /bin/sh, its output appended to `log`, and the
+    timer that starts it `on_calendar` (`persistent`: a run missed while the host was off comes at
+    its start), by file name."""
+    service = (
+        "[Unit]\n"
+        f"Description={description}\n"
+        "After=docker.service\nWants=docker.service\n\n"
+        "[Service]\nType=oneshot\n"
+        f"ExecStart=/bin/sh -c {shlex.quote(command)}\n"
+        f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
+    )
+    timer = (
+        "[Unit]\n"
+        f"Description={timer_description}\n\n"
+        "[Timer]\n"
+        f"OnCalendar={on_calendar}\n"
+        + ("Persistent=true\n" if persistent else "")
+        + "\n[Install]\nWantedBy=timers.target\n"
+    )
+    return {f"{name}.service": service, f"{name}.timer": timer}

@@ -68,23 +68,10 @@ class Job:
 
     def systemd_units(self) -> dict[str, str]:
         """The service and timer unit files, by file name."""
-        what = f"the expired warm standby of {self.service} in {self.project_dir}"
-        service = (
-            "[Unit]\n"
-            f"Description=Retire {what}\n"
-            "After=docker.service\nWants=docker.service\n\n"
-            "[Service]\nType=oneshot\n"
-            f"ExecStart=/bin/sh -c {shlex.quote(self.command())}\n"
-            f"StandardOutput=append:{self.log}\nStandardError=append:{self.log}\n"
-        )
-        timer = (
-            "[Unit]\n"
-            f"Description=Retire {what}, every {EVERY_MINUTES} minutes\n\n"
-            "[Timer]\n"
-            f"OnCalendar=*:0/{EVERY_MINUTES}\n\n"
-            "[Install]\nWantedBy=timers.target\n"
-        )
-        return {f"{self.unit}.service": service, f"{self.unit}.timer": timer}
+        what = f"Retire the expired warm standby of {self.service} in {self.project_dir}"
+        return scheduling.timer_units(self.unit, self.command(), log=self.log,
+                                      on_calendar=f"*:0/{EVERY_MINUTES}", description=what,
+                                      timer_description=f"{what}, every {EVERY_MINUTES} minutes")
 
 
 @dataclass(frozen=True)

@@ -92,25 +92,13 @@ class Job:
         return unit_name(self.project_dir)
 
     def systemd_units(self) -> dict[str, str]:
-        """The service and timer unit files, by file name."""
+        """The service and timer unit files, by file name (a host that was off at the time backs up
+        when it starts)."""
         hour, minute = self.hour_minute
-        service = (
-            "[Unit]\n"
-            f"Description=FinaiFlow daily backup of {self.project_dir}\n"
-            "After=docker.service\nWants=docker.service\n\n"
-            "[Service]\nType=oneshot\n"
-            f"ExecStart=/bin/sh -c {shlex.quote(self.command())}\n"
-            f"StandardOutput=append:{self.log}\nStandardError=append:{self.log}\n"
-        )
-        timer = (
-            "[Unit]\n"
-            f"Description=FinaiFlow daily backup of {self.project_dir}\n\n"
-            "[Timer]\n"
-            f"OnCalendar=*-*-* {hour:02d}:{minute:02d}:00\n"
-            "Persistent=true\n\n"  # a host that was off at 02:00 backs up when it starts
-            "[Install]\nWantedBy=timers.target\n"
-        )
-        return {f"{self.unit}.service": service, f"{self.unit}.timer": timer}
+        what = f"FinaiFlow daily backup of {self.project_dir}"
+        return scheduling.timer_units(self.unit, self.command(), log=self.log,
+                                      on_calendar=f"*-*-* {hour:02d}:{minute:02d}:00", description=what,
+                                      timer_description=what, persistent=True)
 
 
 def daily_job(target: Target, project_dir: str, *, directory: str | None = None, at: str = "02:00",
