@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from finaiflow_ops import releases
-from finaiflow_ops import standby as standbys
 from finaiflow_ops.backends.protocol import (
     MIGRATE,
     BackendName,
@@ -653,12 +652,8 @@ def retire_standby(stack: Stack, service: str, *, expired_only: bool = False,
     """Retire the service's warm standby (with `expired_only`, only once its window has ended: the
     scheduled job), under the deploy lock, with the repairs of anything an interrupted deploy left;
     returns what was done. Deploys and rollbacks do the same first, so nothing depends on this.
-    With `expired_only` (the scheduled job, every few minutes): nothing is read beyond the standby's
-    record until its window has ended, and a deploy holding the lock is left to do it."""
-    if expired_only:
-        kept = standbys.get(stack, service)
-        if kept is None or not kept.expired:
-            return ()
+    With `expired_only` (the scheduled job, every few minutes), a command holding the lock is left
+    to do it (it retires an expired standby and repairs first, too)."""
     r = _Rollout(stack, service, Settings(standby=None if expired_only else 0.0), or_quiet(progress))
     try:
         with releases.deploy_lock(r.stack, f"standby retire {service}", progress=r.say):

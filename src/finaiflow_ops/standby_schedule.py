@@ -3,8 +3,9 @@ every few minutes on the target (a crontab entry, or a systemd timer where syste
 
 Deploys, rollbacks and `standby retire` already retire a standby whose window ended (nothing waits
 on a timer in a process); this job does it on a host where nobody runs a command for a while, so
-the old release's memory comes back within EVERY_MINUTES of the window's end. Each run is under the
-deploy lock, like any repair, and skips quietly while a deploy holds it. Installing is idempotent
+the old release's memory comes back within EVERY_MINUTES of the window's end, and what an
+interrupted command left is repaired within as long. Each run is under the deploy lock, like any
+repair, and leaves the work to the command holding it, if one does. Installing is idempotent
 (the entry is found by a marker naming the service and the project directory) and `remove` takes
 out only this entry. The mechanism is finaiflow_ops.schedule, shared with the daily backup and the
 certificate renewal.

@@ -354,6 +354,22 @@ def test_releases_lock_logs_and_harden_audit_work_over_ssh(vps: RemoteVps) -> No
     assert report["findings"] and all(f["status"] != "error" for f in report["findings"]), report
 
 
+def test_standby_schedule_installs_the_hosts_own_retirement_job_and_removes_it(vps: RemoteVps) -> None:
+    # In the host's crontab, running the host's finaiflow-ops (as `host setup` installed it).
+    installed = json.loads(ok(ops(vps, "--yes", "--json", "standby", "schedule", "api")).stdout)
+    assert installed["scheduler"] == "cron" and installed["changed"] is True, installed
+    there = vps.ssh("sh", "-c", "command -v finaiflow-ops").stdout.strip()
+    crontab = vps.ssh("crontab", "-l").stdout
+    assert f"{there} --project-dir {PROJECT} --yes standby retire api --expired" in crontab, crontab
+    assert crontab.count("standby retire api") == 1 and "backup create" in crontab, crontab  # the rest kept
+    # What cron will run, run there now: the standby's window has not ended, nothing to retire.
+    command = installed["entry"].split(" ", 5)[5]
+    assert vps.ssh("sh", "-c", command).returncode == 0
+    ok(ops(vps, "--yes", "standby", "schedule", "api", "--remove"))
+    crontab = vps.ssh("crontab", "-l").stdout
+    assert "standby retire" not in crontab and "backup create" in crontab, crontab
+
+
 def test_the_checklist_and_the_load_gate_pass_against_the_remote_staging(vps: RemoteVps) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "acceptance"),
