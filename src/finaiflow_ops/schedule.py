@@ -17,6 +17,8 @@ through Target.run, so local, ssh and docker targets work alike.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shlex
 import sys
 from collections.abc import Iterable, Mapping
@@ -41,6 +43,7 @@ __all__ = [
     "set_cron_entry",
     "timer_state",
     "timer_units",
+    "unit_name",
     "write_crontab",
 ]
 
@@ -222,3 +225,10 @@ def timer_units(name: str, command: str, *, log: str, on_calendar: str, descript
         + "\n[Install]\nWantedBy=timers.target\n"
     )
     return {f"{name}.service": service, f"{name}.timer": timer}
+
+
+def unit_name(job: str, label: str, key: str) -> str:
+    """A systemd unit name for `job`, readable (`label`, slugged) and unique to `key` (several stacks
+    may share a host): finaiflow-JOB-LABEL-<8 hex digits of key's sha256>."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") or "root"
+    return f"finaiflow-{job}-{slug}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"

@@ -13,8 +13,6 @@ certificate renewal.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -62,10 +60,8 @@ class Job:
 
     @property
     def unit(self) -> str:
-        name = f"{PurePosixPath(self.project_dir).name}-{self.service}"
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
-        digest = hashlib.sha256(f"{self.project_dir}\0{self.service}".encode()).hexdigest()[:8]
-        return f"finaiflow-standby-retire-{slug}-{digest}"
+        label = f"{PurePosixPath(self.project_dir).name}-{self.service}"
+        return scheduling.unit_name("standby-retire", label, f"{self.project_dir}\0{self.service}")
 
     def systemd_units(self) -> dict[str, str]:
         """The service and timer unit files, by file name."""

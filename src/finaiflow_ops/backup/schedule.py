@@ -9,7 +9,6 @@ finaiflow_ops.schedule, shared with the certificate renewal; this module renders
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 from collections.abc import Sequence
@@ -124,8 +123,7 @@ def marker(project_dir: str) -> str:
 
 def unit_name(project_dir: str) -> str:
     """A systemd unit name unique to a project directory (several stacks may share a host)."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", PurePosixPath(project_dir).name).strip("-") or "root"
-    return f"finaiflow-backup-{slug}-{hashlib.sha256(project_dir.encode()).hexdigest()[:8]}"
+    return scheduling.unit_name("backup", PurePosixPath(project_dir).name, project_dir)
 
 
 @dataclass(frozen=True)
